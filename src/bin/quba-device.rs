@@ -1,0 +1,27 @@
+//! quba-device: the lean runner that goes on the board. It evaluates one
+//! model on one dataset and streams framed records to stdout, a file or a
+//! host over TCP; all metrics are computed on the host (`quba`).
+
+use clap::{Parser, Subcommand};
+use quba_edge::suite::{run_device, DeviceArgs};
+
+#[derive(Parser)]
+#[command(name = "quba-device", version, about = "Run QUBA probes on this board and stream the records to a host")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Evaluate a model on a dataset and stream records (see `quba eval` for the host side).
+    Run(DeviceArgs),
+}
+
+fn main() {
+    let Cli { cmd: Cmd::Run(args) } = Cli::parse();
+    if let Err(e) = run_device(&args) {
+        eprintln!("quba-device: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,439 @@
+//! quba: the host tool. It launches or listens to `quba-device` runs, keeps
+//! every run as an append-only record log, and computes the nine QUBA
+//! dimensions, the score and the reports from those logs.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use quba_edge::quba::{self, Dimension, Normalisation, Weights};
+use quba_edge::report::{self, EvalOptions, Run};
+use quba_edge::suite::{run_device, DeviceArgs, RunArgs};
+use quba_edge::transport::{self, ingest, Manifest};
+
+#[derive(Parser)]
+#[command(
+    name = "quba",
+    version,
+    about = "How well-behaved is your image classifier on the board it ships on?",
+    long_about = "Evaluates ONNX classifiers (fp32 and int8) on the nine QUBA dimensions of \
+                  'Beyond Accuracy' (Hesse et al.), on this machine or on a board, and reports them.\n\n\
+                  Start with `quba eval`: with no arguments it runs the shipped model zoo on the \
+                  embedded benchmark and prints the table."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Evaluate models (default: the shipped zoo on the embedded benchmark) and report.
+    Eval(EvalArgs),
+    /// Recompute the dimensions and QUBA from stored runs.
+    Report(ReportArgs),
+    /// Write one JSON object per stored record.
+    Export(ExportArgs),
+    /// QUBA for a table of measured values in the study's CSV layout.
+    Score(ScoreArgs),
+    /// Receive a device stream on stdin into a run directory.
+    Ingest(IngestArgs),
+    /// Wait for a device to connect over TCP and receive its stream.
+    Listen(ListenArgs),
+    /// Play the device role in this process (what `quba-device` does).
+    Device {
+        #[command(subcommand)]
+        cmd: DeviceCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCmd {
+    Run(DeviceArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NormArg {
+    /// The study's ImageNet constants (meaningful for ImageNet runs only).
+    Paper,
+    /// Mean and n−1 std over the models being reported.
+    Cohort,
+}
+
+impl From<NormArg> for Normalisation {
+    fn from(n: NormArg) -> Self {
+        match n {
+            NormArg::Paper => Normalisation::Paper,
+            NormArg::Cohort => Normalisation::Cohort,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct ScoringArgs {
+    /// Normalisation of the nine values before weighting (default: paper for ImageNet runs, cohort otherwise).
+    #[arg(long, value_enum)]
+    normalisation: Option<NormArg>,
+    /// Nine comma-separated weights in PROTOCOL order (accuracy, adversarial, corruption, OOD,
+    /// calibration, class balance, object focus, shape bias, parameters); 0 skips a dimension.
+    #[arg(long)]
+    weights: Option<String>,
+    /// Bootstrap resamples for the 95% confidence intervals (0: none).
+    #[arg(long, default_value_t = 200)]
+    bootstrap: usize,
+    /// Seed of the bootstrap.
+    #[arg(long = "ci-seed", default_value_t = 0)]
+    ci_seed: u64,
+}
+
+impl ScoringArgs {
+    fn weights(&self) -> Result<Weights> {
+        match &self.weights {
+            None => Ok(Weights::default()),
+            Some(w) => w.parse::<Weights>().map_err(|e| anyhow::anyhow!("--weights {w}: {e}")),
+        }
+    }
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// ONNX model(s) to evaluate (repeat the flag); default: every .onnx file of the shipped zoo.
+    #[arg(long = "model")]
+    models: Vec<PathBuf>,
+    /// ImageFolder dataset; default: the embedded benchmark's clean validation split.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Input pipeline for every model: `imagenet` or a JSON file (default: each model's sidecar).
+    #[arg(long)]
+    pipeline: Option<String>,
+    #[arg(long)]
+    per_class: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Benchmark name recorded in every run (`imagenet` selects paper normalisation).
+    #[arg(long)]
+    benchmark: Option<String>,
+    /// Where run directories are created.
+    #[arg(long, default_value = "runs")]
+    runs_dir: PathBuf,
+    /// Command prefix that runs the device binary elsewhere, split on spaces, e.g.
+    /// "qemu-aarch64 -cpu cortex-a72 -L /usr/aarch64-linux-gnu".
+    #[arg(long)]
+    launcher: Option<String>,
+    /// Device binary to launch (default: quba-device beside this binary, else this binary's `device run`).
+    #[arg(long)]
+    device_bin: Option<PathBuf>,
+    /// Where to write results.json (default: RUNS_DIR/results.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print results.json instead of the table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    scoring: ScoringArgs,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Run directories (as made by `quba eval`, `ingest` or `listen`).
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    #[arg(long)]
+    json: bool,
+    /// Also write results.json here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    scoring: ScoringArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Jsonl,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    run: PathBuf,
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: ExportFormat,
+    /// Output file (default: stdout).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    /// CSV with columns Id, Model and the nine dimension columns (layout of the study's table).
+    #[arg(long)]
+    table: PathBuf,
+    #[arg(long)]
+    weights: Option<String>,
+    /// Default: paper (the table is assumed to hold ImageNet values).
+    #[arg(long, value_enum, default_value = "paper")]
+    normalisation: NormArg,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct IngestArgs {
+    #[arg(long)]
+    run_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct ListenArgs {
+    /// Address to listen on; loopback unless you say otherwise.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    bind: String,
+    #[arg(long)]
+    run_dir: PathBuf,
+    /// Token the device must present (default: a fresh random one, printed).
+    #[arg(long)]
+    token: Option<String>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Eval(a) => eval(a),
+        Cmd::Report(a) => report_cmd(a),
+        Cmd::Export(a) => export(a),
+        Cmd::Score(a) => score(a),
+        Cmd::Ingest(a) => ingest(std::io::stdin().lock(), &a.run_dir, "stdin", None).map(|m| summary(&a.run_dir, &m)),
+        Cmd::Listen(a) => listen(a),
+        Cmd::Device { cmd: DeviceCmd::Run(a) } => run_device(&a).map(|_| ()),
+    };
+    if let Err(e) = r {
+        eprintln!("quba: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn summary(dir: &Path, m: &Manifest) {
+    eprintln!(
+        "{}: {:?}, {} records, {} failed samples, {} damaged frames, {} frames missing",
+        dir.display(),
+        m.status,
+        m.records,
+        m.failures,
+        m.decode.corrupt_frames,
+        m.decode.missing_frames
+    );
+}
+
+/// The shipped zoo and benchmark live in the source tree; from a checkout the
+/// relative paths work, elsewhere the build-time location is the fallback.
+fn shipped(rel: &str) -> PathBuf {
+    let here = PathBuf::from(rel);
+    if here.exists() {
+        here
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
+}
+
+const DEFAULT_ZOO: &str = "models/tiny";
+const DEFAULT_DATA: &str = "tests/data/tiny/val";
+const DEFAULT_BENCHMARK: &str = "tiny";
+
+fn zoo_models() -> Result<Vec<PathBuf>> {
+    let dir = shipped(DEFAULT_ZOO);
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot read the shipped zoo at {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
+        .collect();
+    v.sort();
+    if v.is_empty() {
+        bail!("no .onnx models in {}", dir.display());
+    }
+    Ok(v)
+}
+
+fn device_command(a: &EvalArgs) -> Result<Vec<String>> {
+    let me = std::env::current_exe().context("cannot locate this executable")?;
+    let mut cmd: Vec<String> = a.launcher.as_deref().map(|l| l.split_whitespace().map(String::from).collect()).unwrap_or_default();
+    match &a.device_bin {
+        Some(b) => cmd.extend([b.display().to_string(), "run".into()]),
+        None => {
+            let sibling = me.with_file_name("quba-device");
+            if sibling.exists() {
+                cmd.extend([sibling.display().to_string(), "run".into()]);
+            } else {
+                cmd.extend([me.display().to_string(), "device".into(), "run".into()]);
+            }
+        }
+    }
+    Ok(cmd)
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let weights = a.scoring.weights()?;
+    let defaulted = a.models.is_empty() && a.data.is_none();
+    let models = if a.models.is_empty() { zoo_models()? } else { a.models.clone() };
+    let data = a.data.clone().unwrap_or_else(|| shipped(DEFAULT_DATA));
+    let benchmark = a.benchmark.clone().unwrap_or_else(|| if defaulted { DEFAULT_BENCHMARK } else { "custom" }.into());
+    let base = device_command(&a)?;
+    let mut dirs = Vec::new();
+    for model in &models {
+        let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+        let dir = transport::run_dir_for(&a.runs_dir, &stem);
+        let run = RunArgs {
+            model: model.clone(),
+            data: data.clone(),
+            pipeline: a.pipeline.clone(),
+            per_class: a.per_class,
+            seed: a.seed,
+            batch: a.batch,
+            benchmark: benchmark.clone(),
+            run_id: None,
+            pause_ms: 0,
+        };
+        let mut child = Command::new(&base[0])
+            .args(&base[1..])
+            .args(run.to_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start the device process `{}`", base.join(" ")))?;
+        let mut stderr = child.stderr.take().unwrap();
+        let err_reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            stderr.read_to_string(&mut s).ok();
+            s
+        });
+        let stdout = child.stdout.take().unwrap();
+        let ingested = ingest(stdout, &dir, &format!("device process for {}", model.display()), None);
+        let status = child.wait()?;
+        let device_err = err_reader.join().unwrap_or_default();
+        match ingested {
+            Ok(m) if status.success() => {
+                eprintln!("evaluated {} → {} ({} records)", model.display(), dir.display(), m.records);
+                dirs.push(dir);
+            }
+            Ok(m) => {
+                eprintln!("{}", device_err.trim_end());
+                eprintln!("device run for {} stopped early ({status}); {} records kept in {}", model.display(), m.records, dir.display());
+                dirs.push(dir);
+            }
+            Err(e) => {
+                let msg = device_err.trim_end();
+                if msg.is_empty() {
+                    return Err(e.context(format!("device run for {} failed ({status})", model.display())));
+                }
+                bail!("{msg}\n(device run for {} failed: {e:#})", model.display());
+            }
+        }
+    }
+    let rep = report::build(&dirs, a.scoring.normalisation.map(Into::into), weights, &eval_opts(&a.scoring))?;
+    let out = a.out.clone().unwrap_or_else(|| a.runs_dir.join("results.json"));
+    write_results(&rep, &out)?;
+    print_report(&rep, a.json);
+    eprintln!("results: {}", out.display());
+    Ok(())
+}
+
+fn eval_opts(s: &ScoringArgs) -> EvalOptions {
+    EvalOptions { bootstrap: s.bootstrap, seed: s.ci_seed }
+}
+
+fn write_results(rep: &report::Report, out: &Path) -> Result<()> {
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(out, serde_json::to_string_pretty(&rep.to_json())? + "\n").with_context(|| format!("cannot write {}", out.display()))
+}
+
+fn print_report(rep: &report::Report, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rep.to_json()).unwrap());
+    } else {
+        print!("{}", rep.table());
+    }
+}
+
+fn report_cmd(a: ReportArgs) -> Result<()> {
+    let rep = report::build(&a.runs, a.scoring.normalisation.map(Into::into), a.scoring.weights()?, &eval_opts(&a.scoring))?;
+    if let Some(out) = &a.out {
+        write_results(&rep, out)?;
+    }
+    print_report(&rep, a.json);
+    Ok(())
+}
+
+fn export(a: ExportArgs) -> Result<()> {
+    let run = Run::load(&a.run)?;
+    match a.format {
+        ExportFormat::Jsonl => match &a.out {
+            Some(p) => {
+                let mut f = std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?);
+                report::export_jsonl(&run, &mut f)?;
+                f.flush()?;
+            }
+            None => {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                report::export_jsonl(&run, &mut out)?;
+                out.flush()?;
+            }
+        },
+    }
+    Ok(())
+}
+
+fn score(a: ScoreArgs) -> Result<()> {
+    let weights = match &a.weights {
+        None => Weights::default(),
+        Some(w) => w.parse::<Weights>().map_err(|e| anyhow::anyhow!("--weights {w}: {e}"))?,
+    };
+    let rows = quba::read_table(&a.table)?;
+    let values: Vec<quba::Values> = rows.iter().map(|r| r.values).collect();
+    let scored = quba::score(&values, a.normalisation.into(), &weights);
+    if a.json {
+        let models: Vec<serde_json::Value> = rows
+            .iter()
+            .zip(&scored)
+            .map(|(r, s)| {
+                let normalised: serde_json::Map<String, serde_json::Value> = Dimension::ALL
+                    .iter()
+                    .zip(s.normalised)
+                    .map(|(d, v)| (d.key().to_string(), v.map(serde_json::Value::from).unwrap_or(serde_json::Value::Null)))
+                    .collect();
+                serde_json::json!({"id": r.id, "name": r.name, "quba": s.quba, "normalised": normalised, "reason": s.reason})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "models": models }))?);
+    } else {
+        println!("{:>5}  {:<40} {:>8}", "Id", "Model", "QUBA");
+        for (r, s) in rows.iter().zip(&scored) {
+            let q = s.quba.map(|q| format!("{q:>8.3}")).unwrap_or_else(|| format!("{:>8}", "—"));
+            let why = s.reason.as_deref().map(|w| format!("  ({w})")).unwrap_or_default();
+            let mut name = r.name.clone();
+            name.truncate(40);
+            println!("{:>5}  {:<40} {q}{why}", r.id, name);
+        }
+    }
+    Ok(())
+}
+
+fn listen(a: ListenArgs) -> Result<()> {
+    let token = match a.token {
+        Some(t) => t,
+        None => transport::new_token()?,
+    };
+    let listener = std::net::TcpListener::bind(&a.bind).with_context(|| format!("cannot listen on {}", a.bind))?;
+    let addr = listener.local_addr()?;
+    println!("listening on {addr} token {token}");
+    println!("on the board: quba-device run --model … --data … --out tcp://{addr} --token {token}");
+    std::io::stdout().flush()?;
+    let (stream, peer) = listener.accept()?;
+    let m = ingest(stream, &a.run_dir, &format!("tcp {peer}"), Some(&token))?;
+    summary(&a.run_dir, &m);
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! Datasets on disk and the input pipeline that turns an image into a tensor.
+//!
+//! Knows nothing about models or metrics: it hands out (sample id, label,
+//! CHW f32 tensor) and says exactly which files it chose, so a run can be
+//! fingerprinted and repeated.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use image::imageops::FilterType;
+use rand::seq::SliceRandom;
+use rand_chacha::rand_core::SeedableRng;
+use sha2::{Digest, Sha256};
+
+use crate::protocol::{Interpolation, Pipeline};
+
+/// Identifies the decoder in run headers: decoders move accuracy (PROTOCOL.md).
+pub const DECODER: &str = "image-rs 0.25";
+
+const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "bmp", "webp"];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// Relative to the dataset root, `/`-separated, for fingerprints and reports.
+    pub rel_path: String,
+    pub label: u16,
+    pub bytes: u64,
+}
+
+/// An ImageFolder tree: one folder per class, class index = sorted folder order.
+#[derive(Clone, Debug)]
+pub struct ImageFolder {
+    pub root: PathBuf,
+    pub classes: Vec<String>,
+    pub samples: Vec<Sample>,
+}
+
+impl ImageFolder {
+    /// Lists `root/<class>/<image>`; with `expected_classes` it refuses a tree
+    /// whose folder count differs, since a mismatch would shift every label.
+    pub fn open(root: &Path, expected_classes: Option<usize>) -> Result<Self> {
+        let entries = std::fs::read_dir(root).with_context(|| {
+            format!("cannot read dataset folder {}: expected an ImageFolder tree (one sub-folder per class)", root.display())
+        })?;
+        let mut classes: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        classes.sort();
+        if classes.is_empty() {
+            bail!("dataset folder {} has no class sub-folders: expected <root>/<class>/<image>", root.display());
+        }
+        if let Some(k) = expected_classes {
+            if classes.len() != k {
+                bail!(
+                    "dataset folder {} has {} class folders but the model outputs {} classes; \
+                     the class index is the sorted folder order, so every folder must be there (first: {:?}, last: {:?})",
+                    root.display(),
+                    classes.len(),
+                    k,
+                    classes.first().unwrap(),
+                    classes.last().unwrap()
+                );
+            }
+        }
+        let mut samples = Vec::new();
+        for (label, class) in classes.iter().enumerate() {
+            let dir = root.join(class);
+            let mut files: Vec<(String, u64)> = std::fs::read_dir(&dir)
+                .with_context(|| format!("cannot read class folder {}", dir.display()))?
+                .filter_map(|e| e.ok())
+                .filter(|e| {
+                    let p = e.path();
+                    p.is_file()
+                        && p.extension()
+                            .map(|x| IMAGE_EXTENSIONS.contains(&x.to_string_lossy().to_ascii_lowercase().as_str()))
+                            .unwrap_or(false)
+                })
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+                .collect();
+            files.sort();
+            samples.extend(files.into_iter().map(|(f, bytes)| Sample {
+                rel_path: format!("{class}/{f}"),
+                label: label as u16,
+                bytes,
+            }));
+        }
+        if samples.is_empty() {
+            bail!("dataset folder {} has {} class folders but no images ({})", root.display(), classes.len(), IMAGE_EXTENSIONS.join(", "));
+        }
+        Ok(ImageFolder { root: root.to_path_buf(), classes, samples })
+    }
+
+    /// Keeps `per_class` samples of every class, chosen by a seeded shuffle
+    /// inside each class (ChaCha8: same choice on every target), then restores
+    /// sorted order so sample ids stay meaningful.
+    pub fn stratified_subset(&mut self, per_class: usize, seed: u64) {
+        let mut kept = Vec::new();
+        for label in 0..self.classes.len() {
+            let mut idx: Vec<usize> = (0..self.samples.len()).filter(|&i| self.samples[i].label as usize == label).collect();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (label as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            idx.shuffle(&mut rng);
+            idx.truncate(per_class);
+            kept.extend(idx);
+        }
+        kept.sort_unstable();
+        self.samples = kept.into_iter().map(|i| self.samples[i].clone()).collect();
+    }
+
+    /// sha256 over the chosen samples' paths, labels and sizes: two runs with
+    /// the same fingerprint saw the same files in the same order.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        for s in &self.samples {
+            h.update(s.rel_path.as_bytes());
+            h.update([0]);
+            h.update(s.label.to_le_bytes());
+            h.update(s.bytes.to_le_bytes());
+        }
+        hex(&h.finalize())
+    }
+
+    pub fn path(&self, sample: &Sample) -> PathBuf {
+        self.root.join(&sample.rel_path)
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok((hex(&Sha256::digest(&bytes)), bytes.len() as u64))
+}
+
+/// Decodes an image file and applies the pipeline, writing CHW f32 into `out`
+/// (length 3·crop²). Errors name the file.
+pub fn load_into(path: &Path, pipeline: &Pipeline, out: &mut [f32]) -> Result<()> {
+    let img = image::ImageReader::open(path)
+        .with_context(|| format!("cannot open image {}", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("cannot read image {}", path.display()))?
+        .decode()
+        .with_context(|| format!("image {} does not decode", path.display()))?
+        .to_rgb8();
+    preprocess(&img, pipeline, out).with_context(|| format!("image {}", path.display()))
+}
+
+/// torchvision order: `Resize(shorter)` → `CenterCrop(crop)` → `ToTensor` → `Normalize`.
+pub fn preprocess(img: &image::RgbImage, p: &Pipeline, out: &mut [f32]) -> Result<()> {
+    let (w, h) = img.dimensions();
+    let crop = p.crop;
+    if out.len() != 3 * (crop * crop) as usize {
+        bail!("output buffer holds {} values, pipeline crop {crop} needs {}", out.len(), 3 * crop * crop);
+    }
+    if w == 0 || h == 0 {
+        bail!("image is empty ({w}×{h})");
+    }
+    let (nw, nh) = resized_size(w, h, p.resize_shorter);
+    if nw < crop || nh < crop {
+        bail!("after resizing to {nw}×{nh} the image is smaller than the {crop}×{crop} crop");
+    }
+    // PIL returns the image untouched when the size does not change, so must we.
+    let resized;
+    let src = if (nw, nh) == (w, h) {
+        img
+    } else {
+        let filter = match p.interpolation {
+            Interpolation::Bicubic => FilterType::CatmullRom,
+            Interpolation::Bilinear => FilterType::Triangle,
+            Interpolation::Nearest => FilterType::Nearest,
+        };
+        resized = image::imageops::resize(img, nw, nh, filter);
+        &resized
+    };
+    // torchvision: top = int(round((h − crop) / 2)), and Python rounds half to even.
+    let top = ((nh - crop) as f64 / 2.0).round_ties_even() as u32;
+    let left = ((nw - crop) as f64 / 2.0).round_ties_even() as u32;
+    let plane = (crop * crop) as usize;
+    for y in 0..crop {
+        for x in 0..crop {
+            let px = src.get_pixel(left + x, top + y).0;
+            let i = (y * crop + x) as usize;
+            for c in 0..3 {
+                out[c * plane + i] = (px[c] as f32 / 255.0 - p.mean[c]) / p.std[c];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// torchvision `Resize(int)`: the shorter side becomes `size`, the longer
+/// `int(size · long / short)` (truncated).
+pub fn resized_size(w: u32, h: u32, size: u32) -> (u32, u32) {
+    if w <= h {
+        (size, (size as u64 * h as u64 / w as u64) as u32)
+    } else {
+        ((size as u64 * w as u64 / h as u64) as u32, size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_follows_torchvision() {
+        // torchvision.transforms.functional._compute_resized_output_size:
+        // (500×375 photo, 256) → long side int(256·500/375) = 341.
+        assert_eq!(resized_size(500, 375, 256), (341, 256));
+        assert_eq!(resized_size(375, 500, 256), (256, 341));
+        assert_eq!(resized_size(224, 224, 256), (256, 256));
+    }
+
+    #[test]
+    fn crop_and_normalise_without_resize() {
+        let img = image::RgbImage::from_fn(5, 4, |x, y| image::Rgb([(x * 10) as u8, (y * 20) as u8, 255]));
+        let p = Pipeline {
+            resize_shorter: 4,
+            crop: 2,
+            interpolation: Interpolation::Bicubic,
+            mean: [0.0, 0.0, 0.5],
+            std: [1.0, 1.0, 0.5],
+        };
+        let mut out = vec![0.0; 12];
+        preprocess(&img, &p, &mut out).unwrap();
+        // w=5 → left = round_half_even(1.5) = 2; h=4 → top = 1.
+        assert_eq!(out[0], 20.0 / 255.0); // R at (x=2, y=1)
+        assert_eq!(out[4], 20.0 / 255.0); // G at (x=2, y=1)
+        assert_eq!(out[8], 1.0); // B: (1 − 0.5) / 0.5
+        assert_eq!(out[1], 30.0 / 255.0); // R at (x=3, y=1)
+    }
+
+    #[test]
+    fn image_too_small_for_crop_is_an_error() {
+        let img = image::RgbImage::new(1, 1);
+        let mut out = vec![0.0; 3 * 224 * 224];
+        let p = Pipeline { resize_shorter: 200, ..Pipeline::imagenet() };
+        let err = preprocess(&img, &p, &mut out).unwrap_err().to_string();
+        assert!(err.contains("smaller than the 224×224 crop"), "{err}");
+    }
+}

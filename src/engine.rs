@@ -1,0 +1,140 @@
+//! Loading an ONNX classifier with tract and running it in fixed-size batches.
+//!
+//! tract's own typed model and runnable plan are used as they are; this file
+//! only adds what a classifier evaluation needs on top: a checked output shape,
+//! the parameter count and precision read from the ONNX file itself, and
+//! padding of the last partial batch.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+
+use crate::protocol::Precision;
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// What the ONNX file says about itself, independent of any runtime.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OnnxFacts {
+    pub parameters: u64,
+    pub precision: Precision,
+    /// `qdq`, `qoperator`, or empty for fp32.
+    pub int8_format: String,
+}
+
+pub struct Engine {
+    plan: Plan,
+    pub batch: usize,
+    pub side: usize,
+    pub num_classes: usize,
+    pub facts: OnnxFacts,
+}
+
+impl Engine {
+    /// Loads `path` for NCHW f32 input of `batch`×3×`side`×`side`. The batch
+    /// is fixed before optimisation: a symbolic batch costs tract 1.5–4×.
+    pub fn load(path: &Path, batch: usize, side: usize) -> Result<Self> {
+        let facts = read_facts(path)?;
+        let model = tract_onnx::onnx()
+            // torch's dynamo exporter annotates a symbolic batch that would not
+            // unify with the concrete input fact below.
+            .with_ignore_value_info(true)
+            .model_for_path(path)
+            .with_context(|| format!("tract could not load {} as an ONNX model", path.display()))?;
+        let model = model
+            .with_input_fact(0, f32::fact([batch, 3, side, side]).into())
+            .and_then(|m| m.into_typed())
+            .with_context(|| {
+                format!("{}: cannot type the graph for input [{batch}, 3, {side}, {side}] (f32, NCHW)", path.display())
+            })?;
+        if model.outputs.is_empty() {
+            bail!("{}: the model has no output", path.display());
+        }
+        let out = model.output_fact(0)?.shape.clone();
+        let dims: Vec<Option<usize>> = out.iter().map(|d| d.as_i64().map(|v| v as usize)).collect();
+        let num_classes = match dims.as_slice() {
+            [Some(b), Some(k)] if *b == batch && *k >= 2 => *k,
+            _ => bail!(
+                "{}: output 0 has shape {out:?}; expected a class vector [batch, classes] of logits, e.g. [{batch}, 1000]",
+                path.display()
+            ),
+        };
+        let plan = model
+            .into_optimized()
+            .and_then(|m| m.into_runnable())
+            .with_context(|| format!("{}: tract could not optimise the model", path.display()))?;
+        Ok(Engine { plan, batch, side, num_classes, facts })
+    }
+
+    /// Runs `n ≤ batch` images laid out back to back in `input` (the rest of
+    /// the batch, if any, is padding) and returns n·classes logits.
+    pub fn logits(&self, input: &[f32], n: usize) -> Result<Vec<f32>> {
+        let per = 3 * self.side * self.side;
+        debug_assert_eq!(input.len(), self.batch * per);
+        let t = Tensor::from_shape(&[self.batch, 3, self.side, self.side], input)?;
+        let out = self.plan.run(tvec!(t.into()))?;
+        let view = out[0].to_plain_array_view::<f32>()?;
+        let all = view.as_slice().context("model output is not contiguous")?;
+        Ok(all[..n * self.num_classes].to_vec())
+    }
+}
+
+/// Parameters and precision straight from the protobuf, so they do not depend
+/// on what tract's optimiser folds.
+pub fn read_facts(path: &Path) -> Result<OnnxFacts> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read model file {}", path.display()))?;
+    let proto = tract_onnx::onnx().proto_model_for_read(&mut bytes.as_slice()).map_err(|e| {
+        anyhow::anyhow!("{} is not an ONNX model (protobuf parse failed: {e}); expected a .onnx file exported from PyTorch, TF or similar", path.display())
+    })?;
+    let graph = proto.graph.as_ref().with_context(|| format!("{}: ONNX file has no graph", path.display()))?;
+    Ok(facts_of_graph(graph))
+}
+
+/// Counts weight *elements* (PROTOCOL.md item 9), so an int8 model has the
+/// same count as its fp32 source. Not counted: quantisation scales and zero
+/// points (they describe weights, they are not weights) and int64 tensors
+/// (shapes, axes, indices).
+fn facts_of_graph(graph: &pb::GraphProto) -> OnnxFacts {
+    use std::collections::HashSet;
+    let mut quant_meta: HashSet<&str> = HashSet::new();
+    let mut qdq = false;
+    let mut qop = false;
+    for node in &graph.node {
+        let meta_inputs: &[usize] = match node.op_type.as_str() {
+            "QuantizeLinear" | "DequantizeLinear" => {
+                qdq = true;
+                &[1, 2]
+            }
+            "QLinearConv" | "QLinearMatMul" => {
+                qop = true;
+                &[1, 2, 4, 5, 6, 7]
+            }
+            "ConvInteger" | "MatMulInteger" => {
+                qop = true;
+                &[2, 3]
+            }
+            _ => &[],
+        };
+        for &i in meta_inputs {
+            if let Some(name) = node.input.get(i) {
+                quant_meta.insert(name.as_str());
+            }
+        }
+    }
+    let int64 = pb::tensor_proto::DataType::Int64 as i32;
+    let parameters = graph
+        .initializer
+        .iter()
+        .filter(|t| t.data_type != int64 && !quant_meta.contains(t.name.as_str()))
+        .map(|t| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>())
+        .sum();
+    let (precision, int8_format) = match (qop, qdq) {
+        (true, _) => (Precision::Int8, "qoperator"),
+        (false, true) => (Precision::Int8, "qdq"),
+        _ => (Precision::Fp32, ""),
+    };
+    OnnxFacts { parameters, precision, int8_format: int8_format.into() }
+}

@@ -1,0 +1,18 @@
+//! quba-edge: how well-behaved an image classifier is on the hardware it
+//! ships on — the nine QUBA dimensions, measured on the board, computed on
+//! the host.
+//!
+//! The device side (`protocol`, `data`, `engine`, `suite`, `transport`) is
+//! what `quba-device` links; the host side adds `report` and the table reader
+//! in `quba` behind the `host` feature. `metrics` and `quba` are pure and
+//! build everywhere (the device needs softmax and argmax).
+
+pub mod data;
+pub mod engine;
+pub mod metrics;
+pub mod protocol;
+pub mod quba;
+#[cfg(feature = "host")]
+pub mod report;
+pub mod suite;
+pub mod transport;

@@ -1,0 +1,557 @@
+//! The device → host stream: message types and their framing.
+//!
+//! This module compiles for every target (no tract, no files) because both
+//! binaries share it; `docs/wire-format.md` is its one-page description. The
+//! device side never allocates per record: a [`Record`] keeps its probability
+//! vector in a fixed-capacity `heapless::Vec` and [`FrameEncoder`] writes into
+//! fixed arrays it owns.
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever a message layout changes incompatibly. Adding a variant at
+/// the end of an enum is compatible (postcard writes the discriminant as a
+/// varint), so old logs stay readable by newer hosts.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// ImageNet-1k is the widest label space the study uses.
+pub const MAX_CLASSES: usize = 1000;
+
+/// Largest serialised message: a record with a full 1000-class f32 vector
+/// (4 000 bytes + a few varints) fits with room to spare.
+pub const MAX_PAYLOAD: usize = 4_200;
+
+/// version (1) + sequence number (4) + payload + CRC-32 (4).
+const MAX_RAW: usize = MAX_PAYLOAD + 9;
+
+/// COBS adds one byte per 254 plus one; the trailing zero delimits the frame.
+pub const MAX_FRAME: usize = MAX_RAW + MAX_RAW / 254 + 2;
+
+pub type Probs = heapless::Vec<f32, MAX_CLASSES>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    Int8,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Backend {
+    #[serde(rename = "tract-cpu")]
+    TractCpu,
+    #[serde(rename = "tract-cuda")]
+    TractCuda,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::TractCpu => "tract-cpu",
+            Backend::TractCuda => "tract-cuda",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    Bicubic,
+    Bilinear,
+    Nearest,
+}
+
+/// How an image becomes the model's input tensor. It belongs to the model
+/// (declared in its sidecar) and travels in every run header, because a
+/// silently different pipeline is the commonest cause of a wrong accuracy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pipeline {
+    /// Resize so the shorter side has this length (torchvision `Resize(int)`).
+    pub resize_shorter: u32,
+    /// Then centre-crop a square of this side.
+    pub crop: u32,
+    pub interpolation: Interpolation,
+    /// Applied to RGB values scaled to [0, 1].
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Pipeline {
+    /// The study's ImageNet pipeline (PROTOCOL.md, "Input pipeline").
+    pub fn imagenet() -> Self {
+        Pipeline {
+            resize_shorter: 256,
+            crop: 224,
+            interpolation: Interpolation::Bicubic,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attack {
+    Fgsm,
+    Pgd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OodSet {
+    Edge,
+    Silhouette,
+    Sketch,
+    Stylized,
+    Rendition,
+}
+
+/// Which variant of a sample a record measured. Every dimension's probes are
+/// named here now so that later suites add producers, not wire changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ProbeSet {
+    Clean,
+    /// Corruption index in PROTOCOL.md order (0 = gaussian_noise) and severity 1..=5.
+    Corruption { corruption: u8, severity: u8 },
+    Adversarial(Attack),
+    Ood(OodSet),
+    CueConflict,
+    MixedSame,
+    MixedRand,
+}
+
+pub const CORRUPTIONS: [&str; 15] = [
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+];
+
+impl ProbeSet {
+    /// The `set` name used in exports: `clean`, `corruption/gaussian_noise/3`, …
+    pub fn name(&self) -> String {
+        match self {
+            ProbeSet::Clean => "clean".into(),
+            ProbeSet::Corruption { corruption, severity } => format!(
+                "corruption/{}/{severity}",
+                CORRUPTIONS.get(*corruption as usize).copied().unwrap_or("unknown")
+            ),
+            ProbeSet::Adversarial(Attack::Fgsm) => "adversarial/fgsm".into(),
+            ProbeSet::Adversarial(Attack::Pgd) => "adversarial/pgd".into(),
+            ProbeSet::Ood(s) => format!(
+                "ood/{}",
+                match s {
+                    OodSet::Edge => "edge",
+                    OodSet::Silhouette => "silhouette",
+                    OodSet::Sketch => "sketch",
+                    OodSet::Stylized => "stylized",
+                    OodSet::Rendition => "rendition",
+                }
+            ),
+            ProbeSet::CueConflict => "cue_conflict".into(),
+            ProbeSet::MixedSame => "mixed_same".into(),
+            ProbeSet::MixedRand => "mixed_rand".into(),
+        }
+    }
+}
+
+/// What the device says once, before any record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub protocol: u8,
+    pub tool_version: String,
+    pub run_id: String,
+    pub model_name: String,
+    pub model_sha256: String,
+    pub model_bytes: u64,
+    /// Weight elements (not bytes), also for int8 models; see `engine::count_parameters`.
+    pub parameters: u64,
+    pub precision: Precision,
+    /// `qdq`, `qoperator` or empty for fp32.
+    pub int8_format: String,
+    pub num_classes: u16,
+    pub pipeline: Pipeline,
+    pub decoder: String,
+    pub benchmark: String,
+    pub dataset_root: String,
+    /// sha256 over the selected samples' relative paths and sizes.
+    pub dataset_fingerprint: String,
+    pub samples: u32,
+    pub seed: u64,
+    pub per_class: Option<u32>,
+    pub target: String,
+    pub backend: Backend,
+    pub batch: u32,
+    pub threads: u32,
+    pub probes: Vec<ProbeSet>,
+    /// Whether records of each probe carry the full probability vector.
+    pub full_probs: bool,
+}
+
+/// One model decision on one probe of one sample.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub set: ProbeSet,
+    /// Index into the run's sample list (sorted dataset order, after subsetting).
+    pub sample: u32,
+    pub label: u16,
+    pub prediction: u16,
+    /// Max softmax probability.
+    pub confidence: f32,
+    /// Probability of the true class; class balance needs it on every probe.
+    pub p_true: f32,
+    /// Full softmax vector, exactly as computed (f32, lossless), where the
+    /// metric needs it: always on `clean`, because ACE is class-conditional.
+    pub probs: Option<Probs>,
+}
+
+/// A sample the device could not evaluate (unreadable image, …). It names the
+/// sample so the host can report it; the run goes on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub set: ProbeSet,
+    pub sample: u32,
+    pub path: heapless::String<160>,
+    pub message: heapless::String<240>,
+}
+
+/// The device's own account of a completed run; a stream without it was cut.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct End {
+    pub records: u32,
+    pub failures: u32,
+    pub model_load_ms: u64,
+    pub elapsed_ms: u64,
+    pub peak_rss_kb: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// First frame on a TCP connection: proves the device knows the host's token.
+    Hello { token: String },
+    Header(Header),
+    Record(Record),
+    Failure(Failure),
+    End(End),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The message does not fit `MAX_PAYLOAD`; names the size limit.
+    TooLarge,
+}
+
+impl core::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "message larger than the {MAX_PAYLOAD}-byte frame payload limit")
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+/// Writes frames into buffers it owns, so encoding a record allocates nothing.
+pub struct FrameEncoder {
+    seq: u32,
+    raw: [u8; MAX_RAW],
+    out: [u8; MAX_FRAME],
+}
+
+impl Default for FrameEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameEncoder {
+    pub fn new() -> Self {
+        FrameEncoder { seq: 0, raw: [0; MAX_RAW], out: [0; MAX_FRAME] }
+    }
+
+    /// Sequence number the next frame will carry.
+    pub fn next_seq(&self) -> u32 {
+        self.seq
+    }
+
+    /// Encodes one message as a complete frame (COBS, zero-terminated).
+    pub fn encode(&mut self, msg: &Message) -> Result<&[u8], EncodeError> {
+        self.raw[0] = PROTOCOL_VERSION;
+        self.raw[1..5].copy_from_slice(&self.seq.to_le_bytes());
+        let payload_len = postcard::to_slice(msg, &mut self.raw[5..5 + MAX_PAYLOAD])
+            .map_err(|_| EncodeError::TooLarge)?
+            .len();
+        let body = 5 + payload_len;
+        let crc = crc32fast::hash(&self.raw[..body]);
+        self.raw[body..body + 4].copy_from_slice(&crc.to_le_bytes());
+        let n = cobs::encode(&self.raw[..body + 4], &mut self.out);
+        self.out[n] = 0;
+        self.seq = self.seq.wrapping_add(1);
+        Ok(&self.out[..=n])
+    }
+}
+
+/// What a decoder threw away, so a report can say how much was lost.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecodeStats {
+    pub frames: u64,
+    /// Frames whose COBS, CRC, version or payload did not check out.
+    pub corrupt_frames: u64,
+    /// Bytes discarded with those frames (and with an unterminated tail).
+    pub bytes_lost: u64,
+    /// Frames missing according to sequence-number gaps.
+    pub missing_frames: u64,
+    /// A final frame with no terminator (stream cut mid-frame).
+    pub truncated_tail: bool,
+}
+
+impl DecodeStats {
+    pub fn is_clean(&self) -> bool {
+        self.corrupt_frames == 0 && self.missing_frames == 0 && !self.truncated_tail
+    }
+}
+
+/// A frame that checked out: the message plus its bytes, kept so the host can
+/// log exactly what it received.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub seq: u32,
+    pub message: Message,
+    /// The encoded frame including its terminating zero.
+    pub bytes: Vec<u8>,
+}
+
+/// Streaming decoder: feed it any byte chunks; it yields only frames whose
+/// CRC matches, and resynchronises at the next zero byte after damage.
+pub struct FrameDecoder {
+    pending: Vec<u8>,
+    /// Set after an over-long frame: drop bytes until the next delimiter.
+    skipping: bool,
+    last_seq: Option<u32>,
+    pub stats: DecodeStats,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameDecoder {
+    pub fn new() -> Self {
+        FrameDecoder { pending: Vec::new(), skipping: false, last_seq: None, stats: DecodeStats::default() }
+    }
+
+    pub fn push(&mut self, mut bytes: &[u8], mut on_frame: impl FnMut(Frame)) {
+        while !bytes.is_empty() {
+            match bytes.iter().position(|&b| b == 0) {
+                None => {
+                    if self.skipping {
+                        self.stats.bytes_lost += bytes.len() as u64;
+                    } else {
+                        self.pending.extend_from_slice(bytes);
+                        // Bound memory on garbage with no delimiter in sight.
+                        if self.pending.len() > MAX_FRAME {
+                            self.stats.bytes_lost += self.pending.len() as u64;
+                            self.stats.corrupt_frames += 1;
+                            self.pending.clear();
+                            self.skipping = true;
+                        }
+                    }
+                    return;
+                }
+                Some(i) => {
+                    if self.skipping {
+                        self.stats.bytes_lost += i as u64 + 1;
+                        self.skipping = false;
+                    } else {
+                        self.pending.extend_from_slice(&bytes[..=i]);
+                        let chunk = std::mem::take(&mut self.pending);
+                        if let Some(frame) = self.check(chunk) {
+                            on_frame(frame);
+                        }
+                    }
+                    bytes = &bytes[i + 1..];
+                }
+            }
+        }
+    }
+
+    /// Call at end of stream: an unterminated tail is a torn frame.
+    pub fn finish(&mut self) {
+        if !self.pending.is_empty() {
+            self.stats.bytes_lost += self.pending.len() as u64;
+            self.stats.truncated_tail = true;
+            self.pending.clear();
+        }
+    }
+
+    fn check(&mut self, chunk: Vec<u8>) -> Option<Frame> {
+        // A lone delimiter (e.g. after resync) carries nothing.
+        if chunk.len() == 1 {
+            return None;
+        }
+        let body = &chunk[..chunk.len() - 1];
+        let mut raw = vec![0u8; body.len()];
+        let parsed = cobs::decode(body, &mut raw).ok().and_then(|n| {
+            let raw = &raw[..n];
+            if n < 9 || raw[0] != PROTOCOL_VERSION {
+                return None;
+            }
+            let (data, crc) = raw.split_at(n - 4);
+            if crc32fast::hash(data).to_le_bytes() != crc {
+                return None;
+            }
+            let seq = u32::from_le_bytes(data[1..5].try_into().unwrap());
+            postcard::from_bytes::<Message>(&data[5..]).ok().map(|m| (seq, m))
+        });
+        match parsed {
+            None => {
+                self.stats.corrupt_frames += 1;
+                self.stats.bytes_lost += chunk.len() as u64;
+                None
+            }
+            Some((seq, message)) => {
+                // A header starts a new sequence (a new run or a reconnect).
+                let restarts = matches!(message, Message::Header(_) | Message::Hello { .. });
+                if let (Some(last), false) = (self.last_seq, restarts) {
+                    if seq > last {
+                        self.stats.missing_frames += u64::from(seq - last - 1);
+                    }
+                }
+                self.last_seq = Some(seq);
+                self.stats.frames += 1;
+                Some(Frame { seq, message, bytes: chunk })
+            }
+        }
+    }
+}
+
+/// Decodes a whole byte buffer (a stored log, a test stream).
+pub fn decode_all(bytes: &[u8]) -> (Vec<Frame>, DecodeStats) {
+    let mut dec = FrameDecoder::new();
+    let mut frames = Vec::new();
+    dec.push(bytes, |f| frames.push(f));
+    dec.finish();
+    (frames, dec.stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(sample: u32, k: usize) -> Record {
+        let mut probs = Probs::new();
+        for i in 0..k {
+            probs.push(1.0 / k as f32 + i as f32 * 1e-7).unwrap();
+        }
+        Record {
+            set: ProbeSet::Clean,
+            sample,
+            label: 3,
+            prediction: (k - 1) as u16,
+            confidence: probs[k - 1],
+            p_true: probs[3],
+            probs: Some(probs),
+        }
+    }
+
+    fn stream(n: u32, k: usize) -> Vec<u8> {
+        let mut enc = FrameEncoder::new();
+        let mut out = Vec::new();
+        for i in 0..n {
+            out.extend_from_slice(enc.encode(&Message::Record(record(i, k))).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn round_trip_is_lossless_for_full_vectors() {
+        let bytes = stream(5, MAX_CLASSES);
+        let (frames, stats) = decode_all(&bytes);
+        assert!(stats.is_clean(), "{stats:?}");
+        assert_eq!(frames.len(), 5);
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(f.seq, i as u32);
+            // Bit-exact f32s: the probability encoding adds no error at all.
+            assert_eq!(f.message, Message::Record(record(i as u32, MAX_CLASSES)));
+        }
+    }
+
+    #[test]
+    fn top1_record_is_a_few_tens_of_bytes() {
+        let mut r = record(123_456, 10);
+        r.probs = None;
+        let mut enc = FrameEncoder::new();
+        let n = enc.encode(&Message::Record(r)).unwrap().len();
+        assert!(n <= 32, "top-1 record frame is {n} bytes");
+    }
+
+    #[test]
+    fn flipped_byte_loses_one_frame_and_resyncs() {
+        let mut bytes = stream(10, 16);
+        let frame_len = bytes.len() / 10;
+        bytes[frame_len * 4 + 7] ^= 0x5a;
+        let (frames, stats) = decode_all(&bytes);
+        assert_eq!(frames.len(), 9);
+        assert_eq!(stats.corrupt_frames, 1);
+        assert_eq!(stats.missing_frames, 1);
+        assert!(frames.iter().all(|f| f.seq != 4));
+    }
+
+    #[test]
+    fn injected_delimiter_and_garbage_never_invent_records() {
+        let mut bytes = stream(6, 16);
+        bytes[20] = 0;
+        bytes.splice(60..60, [0xde, 0xad, 0x00, 0x00, 0xbe, 0xef].iter().copied());
+        let (frames, stats) = decode_all(&bytes);
+        assert!(frames.len() <= 5 && frames.len() >= 4, "{}", frames.len());
+        for f in &frames {
+            assert_eq!(f.message, Message::Record(record(f.seq, 16)));
+        }
+        assert!(stats.corrupt_frames >= 1);
+    }
+
+    #[test]
+    fn torn_tail_is_reported() {
+        let bytes = stream(3, 16);
+        let (frames, stats) = decode_all(&bytes[..bytes.len() - 10]);
+        assert_eq!(frames.len(), 2);
+        assert!(stats.truncated_tail);
+    }
+
+    #[test]
+    fn endless_garbage_is_bounded() {
+        let garbage = vec![0x41u8; MAX_FRAME * 3];
+        let mut bytes = garbage.clone();
+        bytes.push(0);
+        bytes.extend(stream(2, 16));
+        let (frames, stats) = decode_all(&bytes);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(stats.bytes_lost, garbage.len() as u64 + 1);
+    }
+
+    #[test]
+    fn oversized_message_is_refused() {
+        let mut enc = FrameEncoder::new();
+        let big = Message::Hello { token: "x".repeat(MAX_PAYLOAD + 10) };
+        assert_eq!(enc.encode(&big), Err(EncodeError::TooLarge));
+    }
+}

@@ -1,0 +1,401 @@
+//! From stored run logs to the nine dimensions, QUBA and the outputs people
+//! read: `results.json`, the terminal table and the per-sample export.
+//!
+//! Nothing here touches a model: every number is recomputed from
+//! `records.qlog`, so a metric can be fixed and a report redone without
+//! re-running a single image on a board.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Map, Value};
+
+use crate::metrics;
+use crate::protocol::{decode_all, DecodeStats, End, Failure, Header, Message, ProbeSet, Record};
+use crate::quba::{self, Dimension, Normalisation, Values, Weights};
+use crate::transport::{Manifest, RunStatus, LOG_FILE};
+
+/// One run as the host stored it.
+pub struct Run {
+    pub dir: PathBuf,
+    pub header: Header,
+    pub records: Vec<Record>,
+    pub failures: Vec<Failure>,
+    pub end: Option<End>,
+    pub status: RunStatus,
+    /// Records seen twice for the same (probe, sample) and dropped.
+    pub duplicates: usize,
+    pub decode: DecodeStats,
+}
+
+impl Run {
+    pub fn load(dir: &Path) -> Result<Run> {
+        let manifest = Manifest::read(dir)?;
+        let log = dir.join(LOG_FILE);
+        let bytes = std::fs::read(&log).with_context(|| format!("cannot read {}", log.display()))?;
+        let (frames, stats) = decode_all(&bytes);
+        let mut header = None;
+        let mut records = Vec::new();
+        let mut failures = Vec::new();
+        let mut end = None;
+        let mut seen = HashSet::new();
+        let mut duplicates = 0;
+        for f in frames {
+            match f.message {
+                Message::Header(h) => header = Some(h),
+                Message::Record(r) => {
+                    // A resent or replayed record must never count twice.
+                    if seen.insert((r.set, r.sample)) {
+                        records.push(r);
+                    } else {
+                        duplicates += 1;
+                    }
+                }
+                Message::Failure(x) => failures.push(x),
+                Message::End(e) => end = Some(e),
+                Message::Hello { .. } => {}
+            }
+        }
+        let header = header.with_context(|| format!("{}: the log has no run header; the run never started", dir.display()))?;
+        // The log only ever holds checked frames, so damage here means the
+        // disk changed under us; say so with the stream's own losses.
+        let mut decode = manifest.decode.clone();
+        decode.corrupt_frames += stats.corrupt_frames;
+        decode.bytes_lost += stats.bytes_lost;
+        decode.truncated_tail |= stats.truncated_tail;
+        Ok(Run { dir: dir.to_path_buf(), header, records, failures, end, status: manifest.status, duplicates, decode })
+    }
+
+    pub fn records_of(&self, set: ProbeSet) -> impl Iterator<Item = &Record> {
+        self.records.iter().filter(move |r| r.set == set)
+    }
+}
+
+/// The nine dimensions of one run, with what supports each value.
+pub struct ModelResult {
+    pub values: Values,
+    pub intervals: [Option<(f64, f64)>; 9],
+    pub samples: [Option<usize>; 9],
+    pub missing: BTreeMap<Dimension, String>,
+    /// Part-measures kept beside the dimensions (ECE and ACE, the class-balance terms, …).
+    pub parts: BTreeMap<String, f64>,
+}
+
+/// Clean-set statistics that several dimensions share; computed once.
+struct Clean {
+    labels: Vec<usize>,
+    preds: Vec<usize>,
+    probs: Vec<f32>,
+    k: usize,
+}
+
+impl Clean {
+    fn from_run(run: &Run) -> Result<Option<Clean>> {
+        let k = run.header.num_classes as usize;
+        let mut c = Clean { labels: vec![], preds: vec![], probs: vec![], k };
+        for r in run.records_of(ProbeSet::Clean) {
+            let p = r.probs.as_ref().with_context(|| {
+                format!("{}: clean record of sample {} has no probability vector (needed for ACE)", run.dir.display(), r.sample)
+            })?;
+            if p.len() != k {
+                bail!("{}: sample {} has {} probabilities, the header says {k} classes", run.dir.display(), r.sample, p.len());
+            }
+            c.labels.push(r.label as usize);
+            c.preds.push(r.prediction as usize);
+            c.probs.extend_from_slice(p);
+        }
+        Ok(if c.labels.is_empty() { None } else { Some(c) })
+    }
+
+    fn resample(&self, ix: &[usize]) -> (Vec<usize>, Vec<usize>, Vec<f32>) {
+        let mut probs = Vec::with_capacity(ix.len() * self.k);
+        for &i in ix {
+            probs.extend_from_slice(&self.probs[i * self.k..(i + 1) * self.k]);
+        }
+        (ix.iter().map(|&i| self.labels[i]).collect(), ix.iter().map(|&i| self.preds[i]).collect(), probs)
+    }
+}
+
+pub struct EvalOptions {
+    pub bootstrap: usize,
+    pub seed: u64,
+}
+
+pub fn evaluate(run: &Run, opts: &EvalOptions) -> Result<ModelResult> {
+    let mut res = ModelResult {
+        values: [None; 9],
+        intervals: [None; 9],
+        samples: [None; 9],
+        missing: BTreeMap::new(),
+        parts: BTreeMap::new(),
+    };
+    let p = Dimension::ParametersM.index();
+    res.values[p] = Some(run.header.parameters as f64 / 1e6);
+    res.parts.insert("model_bytes".into(), run.header.model_bytes as f64);
+
+    let ci = |stat: &dyn Fn(&[usize], &[usize], &[f32]) -> f64, c: &Clean, salt: u64| {
+        metrics::bootstrap_ci(c.labels.len(), opts.bootstrap, opts.seed ^ salt, |ix| {
+            let (l, pr, pb) = c.resample(ix);
+            stat(&l, &pr, &pb)
+        })
+    };
+    match Clean::from_run(run)? {
+        None => {
+            for d in [Dimension::Accuracy, Dimension::CalibrationError, Dimension::ClassBalance] {
+                res.missing.insert(d, "the run has no clean records".into());
+            }
+        }
+        Some(c) => {
+            let n = c.labels.len();
+            let k = c.k;
+            let acc = |l: &[usize], p: &[usize], _: &[f32]| metrics::accuracy(l, p);
+            let cal = move |l: &[usize], _: &[usize], pb: &[f32]| metrics::calibration_error(pb, k, l);
+            let bal = move |l: &[usize], _: &[usize], pb: &[f32]| metrics::class_balance(pb, k, l);
+            let stats: [(Dimension, &dyn Fn(&[usize], &[usize], &[f32]) -> f64); 3] =
+                [(Dimension::Accuracy, &acc), (Dimension::CalibrationError, &cal), (Dimension::ClassBalance, &bal)];
+            for (salt, (d, f)) in stats.into_iter().enumerate() {
+                let i = d.index();
+                res.values[i] = Some(f(&c.labels, &c.preds, &c.probs));
+                res.samples[i] = Some(n);
+                if opts.bootstrap > 0 {
+                    res.intervals[i] = Some(ci(f, &c, salt as u64 + 1));
+                }
+            }
+            let conf: Vec<f64> = (0..n).map(|i| c.probs[i * k + c.preds[i]] as f64).collect();
+            let correct: Vec<bool> = (0..n).map(|i| c.labels[i] == c.preds[i]).collect();
+            res.parts.insert("ece".into(), metrics::ece(&conf, &correct, 15));
+            res.parts.insert("ace".into(), metrics::ace(&c.probs, k, &c.labels, 15));
+        }
+    }
+    let not_run = |what: &str| format!("the run has no {what} records: this version of the device suite runs the clean probe set only");
+    for (d, what) in [
+        (Dimension::AdversarialRobustness, "adversarial/fgsm or adversarial/pgd"),
+        (Dimension::CorruptionRobustness, "corruption/*"),
+        (Dimension::OodRobustness, "ood/*"),
+        (Dimension::ObjectFocus, "mixed_same/mixed_rand"),
+        (Dimension::ShapeBias, "cue_conflict"),
+    ] {
+        res.missing.insert(d, not_run(what));
+    }
+    Ok(res)
+}
+
+pub struct Report {
+    pub runs: Vec<Run>,
+    pub results: Vec<ModelResult>,
+    pub normalisation: Normalisation,
+    pub weights: Weights,
+    pub scored: Vec<quba::Scored>,
+}
+
+/// Paper constants mean something only for ImageNet runs (PROTOCOL.md, QUBA).
+pub fn default_normalisation(runs: &[Run]) -> Normalisation {
+    if !runs.is_empty() && runs.iter().all(|r| r.header.benchmark == "imagenet") {
+        Normalisation::Paper
+    } else {
+        Normalisation::Cohort
+    }
+}
+
+pub fn build(dirs: &[PathBuf], norm: Option<Normalisation>, weights: Weights, opts: &EvalOptions) -> Result<Report> {
+    let runs = dirs.iter().map(|d| Run::load(d)).collect::<Result<Vec<_>>>()?;
+    let results = runs.iter().map(|r| evaluate(r, opts)).collect::<Result<Vec<_>>>()?;
+    let normalisation = norm.unwrap_or_else(|| default_normalisation(&runs));
+    let values: Vec<Values> = results.iter().map(|r| r.values).collect();
+    let scored = quba::score(&values, normalisation, &weights);
+    Ok(Report { runs, results, normalisation, weights, scored })
+}
+
+fn opt(v: Option<f64>) -> Value {
+    v.filter(|x| x.is_finite()).map(Value::from).unwrap_or(Value::Null)
+}
+
+impl Report {
+    pub fn benchmark(&self) -> String {
+        let mut names: Vec<&str> = self.runs.iter().map(|r| r.header.benchmark.as_str()).collect();
+        names.dedup();
+        names.join("+")
+    }
+
+    /// `results.json` (schema quba-results/1, see README).
+    pub fn to_json(&self) -> Value {
+        let models: Vec<Value> = self
+            .runs
+            .iter()
+            .zip(&self.results)
+            .zip(&self.scored)
+            .map(|((run, res), sc)| {
+                let h = &run.header;
+                let mut dims = Map::new();
+                let mut intervals = Map::new();
+                let mut samples = Map::new();
+                let mut normalised = Map::new();
+                for (i, d) in Dimension::ALL.iter().enumerate() {
+                    dims.insert(d.key().into(), opt(res.values[i]));
+                    normalised.insert(d.key().into(), opt(sc.normalised[i]));
+                    if let Some((lo, hi)) = res.intervals[i] {
+                        intervals.insert(d.key().into(), json!([lo, hi]));
+                    }
+                    if let Some(n) = res.samples[i] {
+                        samples.insert(d.key().into(), json!(n));
+                    }
+                }
+                let missing: Map<String, Value> = res.missing.iter().map(|(d, why)| (d.key().to_string(), json!(why))).collect();
+                json!({
+                    "name": h.model_name,
+                    "precision": h.precision.as_str(),
+                    "int8_format": if h.int8_format.is_empty() { Value::Null } else { json!(h.int8_format) },
+                    "onnx_sha256": h.model_sha256,
+                    "model_bytes": h.model_bytes,
+                    "target": h.target,
+                    "backend": h.backend.as_str(),
+                    "dimensions": dims,
+                    "intervals": intervals,
+                    "samples": samples,
+                    "quba": opt(sc.quba),
+                    "quba_reason": sc.reason,
+                    "normalised": normalised,
+                    "missing": missing,
+                    "parts": res.parts,
+                    "run": {
+                        "dir": run.dir.display().to_string(),
+                        "run_id": h.run_id,
+                        "status": run.status,
+                        "records": run.records.len(),
+                        "duplicates_dropped": run.duplicates,
+                        "failures": run.failures.iter().map(|f| json!({"sample": f.sample, "path": f.path.as_str(), "error": f.message.as_str()})).collect::<Vec<_>>(),
+                        "decode": run.decode,
+                        "end": run.end.as_ref().map(|e| json!({"model_load_ms": e.model_load_ms, "elapsed_ms": e.elapsed_ms, "peak_rss_kb": e.peak_rss_kb})),
+                    },
+                    "protocol": {
+                        "pipeline": h.pipeline,
+                        "decoder": h.decoder,
+                        "dataset_root": h.dataset_root,
+                        "dataset_fingerprint": h.dataset_fingerprint,
+                        "seed": h.seed,
+                        "per_class": h.per_class,
+                        "protocol_version": h.protocol,
+                        "tool_version": h.tool_version,
+                        "batch": h.batch,
+                        "threads": h.threads,
+                    },
+                })
+            })
+            .collect();
+        json!({
+            "schema": "quba-results/1",
+            "benchmark": self.benchmark(),
+            "normalisation": match self.normalisation { Normalisation::Paper => "paper", Normalisation::Cohort => "cohort" },
+            "weights": self.weights.0,
+            "models": models,
+            "rank_correlation": self.rank_correlation(),
+        })
+    }
+
+    /// Spearman between every pair of dimensions measured on ≥ 3 models.
+    fn rank_correlation(&self) -> Value {
+        let mut out = Map::new();
+        for (i, a) in Dimension::ALL.iter().enumerate() {
+            let mut row = Map::new();
+            for (j, b) in Dimension::ALL.iter().enumerate() {
+                let pairs: (Vec<f64>, Vec<f64>) = self
+                    .results
+                    .iter()
+                    .filter_map(|r| Some((r.values[i]?, r.values[j]?)))
+                    .unzip();
+                if let Some(rho) = metrics::spearman(&pairs.0, &pairs.1) {
+                    row.insert(b.key().into(), json!(rho));
+                }
+            }
+            if !row.is_empty() {
+                out.insert(a.key().into(), Value::Object(row));
+            }
+        }
+        json!({"method": "spearman", "models": self.results.len(), "matrix": out})
+    }
+
+    /// Fits in 100 columns; `—` marks a dimension that was not measured.
+    pub fn table(&self) -> String {
+        let heads = ["Acc", "Adv", "Corr", "OOD", "CalErr", "ClsBal", "ObjFoc", "Shape", "Par(M)"];
+        let mut s = format!("{:<22} {:<4} ", "model", "prec");
+        for h in heads {
+            s += &format!("{h:>7}");
+        }
+        s += &format!("{:>8}\n", "QUBA");
+        for ((run, res), sc) in self.runs.iter().zip(&self.results).zip(&self.scored) {
+            let mut name = run.header.model_name.clone();
+            if run.status != RunStatus::Complete {
+                name.push('*');
+            }
+            name.truncate(22);
+            s += &format!("{:<22} {:<4} ", name, run.header.precision.as_str());
+            for (i, d) in Dimension::ALL.iter().enumerate() {
+                s += &match res.values[i] {
+                    None => format!("{:>7}", "—"),
+                    Some(v) if *d == Dimension::CalibrationError => format!("{v:>7.4}"),
+                    Some(v) if *d == Dimension::ParametersM => format!("{v:>7.3}"),
+                    Some(v) => format!("{v:>7.3}"),
+                };
+            }
+            s += &match sc.quba {
+                Some(q) => format!("{q:>8.3}\n"),
+                None => format!("{:>8}\n", "—"),
+            };
+        }
+        let n: Vec<String> = self
+            .runs
+            .iter()
+            .zip(&self.results)
+            .map(|(r, res)| format!("{} {}: n={}", r.header.model_name, r.header.precision.as_str(), res.samples[0].unwrap_or(0)))
+            .collect();
+        s += &format!("samples: {}\n", n.join(", "));
+        s += &format!(
+            "normalisation: {} · benchmark: {}\n",
+            match self.normalisation {
+                Normalisation::Paper => "paper (the study's ImageNet constants)",
+                Normalisation::Cohort => "cohort (mean and n−1 std of the models in this report)",
+            },
+            self.benchmark()
+        );
+        let mut reasons: Vec<String> = self.scored.iter().filter_map(|sc| sc.reason.clone()).collect();
+        reasons.dedup();
+        for r in reasons {
+            s += &format!("no QUBA: {r}\n");
+        }
+        if let Some(res) = self.results.first() {
+            for (d, why) in &res.missing {
+                s += &format!("— {}: {why}\n", d.label());
+            }
+        }
+        if self.runs.iter().any(|r| r.status != RunStatus::Complete) {
+            s += "* run interrupted: values cover the records received before the stream stopped\n";
+        }
+        for r in &self.runs {
+            if !r.failures.is_empty() {
+                s += &format!("{}: {} sample(s) failed to load, e.g. {}: {}\n", r.header.model_name, r.failures.len(), r.failures[0].path, r.failures[0].message);
+            }
+        }
+        s
+    }
+}
+
+/// One JSON object per record (`quba export RUN --format jsonl`).
+pub fn export_jsonl(run: &Run, out: &mut dyn std::io::Write) -> Result<()> {
+    for r in &run.records {
+        let mut o = json!({
+            "model": run.header.model_name,
+            "precision": run.header.precision.as_str(),
+            "set": r.set.name(),
+            "sample": r.sample,
+            "label": r.label,
+            "prediction": r.prediction,
+        });
+        if let Some(p) = &r.probs {
+            o["probs"] = json!(p.as_slice());
+        }
+        serde_json::to_writer(&mut *out, &o)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}

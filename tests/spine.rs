@@ -1,0 +1,441 @@
+//! The end-to-end spine with real processes: `quba-device` evaluates the tiny
+//! model (made by `scripts/make_tiny.py`) with tract, its stream goes through
+//! a pipe, a file or a loopback TCP socket into `quba`, which stores and
+//! reports it. Expected values come from onnxruntime on the same files
+//! (`tests/data/tiny/ort_reference.json`, written by the same script).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const QUBA: &str = env!("CARGO_BIN_EXE_quba");
+const DEVICE: &str = env!("CARGO_BIN_EXE_quba-device");
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn model(name: &str) -> PathBuf {
+    root().join("models/tiny").join(name)
+}
+
+fn val() -> PathBuf {
+    root().join("tests/data/tiny/val")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("quba-spine-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn");
+    out
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "command failed: {:?}\nstdout: {}\nstderr: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(!out.status.success(), "command unexpectedly succeeded: {cmd:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn device(model_file: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new(DEVICE);
+    c.arg("run").arg("--model").arg(model(model_file)).arg("--data").arg(val()).args(extra);
+    c
+}
+
+fn json_file(p: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+fn manifest(dir: &Path) -> Value {
+    json_file(&dir.join("manifest.json"))
+}
+
+/// Top-1 of onnxruntime for each val image, in sorted dataset order.
+fn ort(model_file: &str) -> Vec<(usize, Vec<f64>)> {
+    let v = json_file(&root().join("tests/data/tiny/ort_reference.json"));
+    v[model_file]
+        .as_array()
+        .unwrap_or_else(|| panic!("no ort reference for {model_file}"))
+        .iter()
+        .map(|e| (e["label"].as_u64().unwrap() as usize, e["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()))
+        .collect()
+}
+
+fn softmax(l: &[f64]) -> Vec<f64> {
+    let m = l.iter().cloned().fold(f64::MIN, f64::max);
+    let e: Vec<f64> = l.iter().map(|x| (x - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|x| x / s).collect()
+}
+
+fn argmax(v: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Device → pipe → `quba ingest`, two separate processes as on a board link.
+fn pipe_run(model_file: &str, dir: &Path, extra: &[&str]) -> Value {
+    let mut dev = device(model_file, extra).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let ingest = Command::new(QUBA)
+        .args(["ingest", "--run-dir"])
+        .arg(dir)
+        .stdin(dev.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(dev.wait().unwrap().success());
+    assert!(ingest.status.success(), "{}", String::from_utf8_lossy(&ingest.stderr));
+    manifest(dir)
+}
+
+fn report_json(dirs: &[&Path], extra: &[&str]) -> Value {
+    let out = ok(Command::new(QUBA).arg("report").args(dirs).arg("--json").args(extra));
+    serde_json::from_str(&out).unwrap()
+}
+
+fn export(dir: &Path) -> Vec<Value> {
+    ok(Command::new(QUBA).arg("export").arg(dir).args(["--format", "jsonl"]))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn device_process_to_host_results_match_onnxruntime() {
+    let t = tmp("pipe");
+    let dir = t.join("fp32");
+    let m = pipe_run("tiny-cnn.fp32.onnx", &dir, &["--batch", "7"]);
+    assert_eq!(m["status"], "complete");
+    assert_eq!(m["records"], 120);
+    assert_eq!(m["decode"]["corrupt_frames"], 0);
+
+    // Every probability within float rounding of onnxruntime's softmax, same top-1.
+    let reference = ort("tiny-cnn.fp32.onnx");
+    let records = export(&dir);
+    assert_eq!(records.len(), reference.len());
+    let mut correct = 0;
+    for (r, (label, logits)) in records.iter().zip(&reference) {
+        assert_eq!(r["set"], "clean");
+        assert_eq!(r["label"].as_u64().unwrap() as usize, *label);
+        let p: Vec<f64> = r["probs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let q = softmax(logits);
+        let diff = p.iter().zip(&q).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(diff < 1e-5, "sample {}: max prob diff {diff}", r["sample"]);
+        assert_eq!(r["prediction"].as_u64().unwrap() as usize, argmax(&q), "sample {}", r["sample"]);
+        correct += (argmax(&q) == *label) as usize;
+    }
+
+    let res = report_json(&[&dir], &[]);
+    assert_eq!(res["schema"], "quba-results/1");
+    assert_eq!(res["normalisation"], "cohort");
+    let m0 = &res["models"][0];
+    assert_eq!(m0["precision"], "fp32");
+    let acc = m0["dimensions"]["accuracy"].as_f64().unwrap();
+    assert!((acc - correct as f64 / 120.0).abs() < 1e-12, "accuracy {acc} vs onnxruntime {correct}/120");
+    let (lo, hi) = (m0["intervals"]["accuracy"][0].as_f64().unwrap(), m0["intervals"]["accuracy"][1].as_f64().unwrap());
+    assert!(lo < acc && acc < hi, "CI [{lo}, {hi}] around {acc}");
+    assert_eq!(m0["samples"]["accuracy"], 120);
+    for d in ["calibration_error", "class_balance", "parameters_m"] {
+        assert!(m0["dimensions"][d].as_f64().unwrap() > 0.0, "{d}");
+    }
+    for d in ["adversarial_robustness", "corruption_robustness", "ood_robustness", "object_focus", "shape_bias"] {
+        assert!(m0["dimensions"][d].is_null(), "{d} must be null, never zero");
+        assert!(m0["missing"][d].as_str().unwrap().contains("no "), "{d} needs a reason");
+    }
+    // A cohort of one has no QUBA, and says why.
+    assert!(m0["quba"].is_null());
+    assert!(m0["quba_reason"].as_str().unwrap().len() > 10);
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+#[test]
+fn int8_models_agree_with_onnxruntime_and_carry_their_format() {
+    let t = tmp("int8");
+    for (file, format) in [("tiny-cnn.int8.onnx", "qdq"), ("tiny-cnn.int8-qop.onnx", "qoperator")] {
+        let dir = t.join(format);
+        let m = pipe_run(file, &dir, &[]);
+        assert_eq!(m["header"]["precision"], "int8");
+        assert_eq!(m["header"]["int8_format"], format);
+        let reference = ort(file);
+        let records = export(&dir);
+        let agree = records
+            .iter()
+            .zip(&reference)
+            .filter(|(r, (_, l))| r["prediction"].as_u64().unwrap() as usize == argmax(l))
+            .count();
+        // Fake-quantised f32 (QDQ) and tract's i8 kernels round differently from
+        // onnxruntime near ties; TRACT-NOTES.md measured 18/20 on Lite0 QDQ.
+        assert!(agree * 100 >= records.len() * 95, "{file}: top-1 agreement {agree}/{}", records.len());
+    }
+    // The parameter count is the weight elements, so int8 equals fp32.
+    let fp32 = quba_edge::engine::read_facts(&model("tiny-cnn.fp32.onnx")).unwrap().parameters;
+    for format in ["qdq", "qoperator"] {
+        assert_eq!(manifest(&t.join(format))["header"]["parameters"].as_u64().unwrap(), fp32, "{format}");
+    }
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+#[test]
+fn eval_runs_models_through_the_device_binary_and_scores_a_cohort() {
+    let t = tmp("eval");
+    let out = ok(Command::new(QUBA)
+        .arg("eval")
+        .arg("--model")
+        .arg(model("tiny-cnn.fp32.onnx"))
+        .arg("--model")
+        .arg(model("tiny-cnn.int8.onnx"))
+        .arg("--model")
+        .arg(model("tiny-cnn.int8-qop.onnx"))
+        .arg("--data")
+        .arg(val())
+        .arg("--runs-dir")
+        .arg(&t)
+        .args(["--weights", "1,0,0,0,1,1,0,0,1", "--json"]));
+    let res: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(res, json_file(&t.join("results.json")));
+    let models = res["models"].as_array().unwrap();
+    assert_eq!(models.len(), 3);
+    // With weights only on measured dimensions a cohort of three has a QUBA.
+    for m in models {
+        assert!(m["quba"].as_f64().is_some(), "{m}");
+        assert_eq!(m["target"], env!("QUBA_TARGET"));
+        assert_eq!(m["backend"], "tract-cpu");
+        assert_eq!(m["onnx_sha256"].as_str().unwrap().len(), 64);
+    }
+    // Cohort z-scores are centred: the three QUBAs sum to zero.
+    let s: f64 = models.iter().map(|m| m["quba"].as_f64().unwrap()).sum();
+    assert!(s.abs() < 1e-9, "{s}");
+    assert!(res["rank_correlation"]["matrix"]["accuracy"]["accuracy"].as_f64().is_some());
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+#[test]
+fn flipped_bytes_lose_only_damaged_frames() {
+    let t = tmp("flip");
+    let log = t.join("stream.bin");
+    ok(&mut device("tiny-cnn.fp32.onnx", &["--out", log.to_str().unwrap()]));
+    let mut bytes = std::fs::read(&log).unwrap();
+    // Damage three places well inside the stream (past the header).
+    for at in [bytes.len() / 4, bytes.len() / 2, bytes.len() * 3 / 4] {
+        bytes[at] ^= 0xff;
+    }
+    std::fs::write(&log, &bytes).unwrap();
+    let dir = t.join("run");
+    let out = ok(Command::new(QUBA)
+        .args(["ingest", "--run-dir"])
+        .arg(&dir)
+        .stdin(std::fs::File::open(&log).unwrap()));
+    assert!(out.is_empty());
+    let m = manifest(&dir);
+    let lost = m["decode"]["corrupt_frames"].as_u64().unwrap();
+    assert!((1..=3).contains(&lost), "{m}");
+    assert_eq!(m["records"].as_u64().unwrap() + lost, 120, "{m}");
+    assert_eq!(m["status"], "complete");
+    let res = report_json(&[&dir], &[]);
+    assert_eq!(res["models"][0]["samples"]["accuracy"].as_u64().unwrap(), 120 - lost);
+    assert_eq!(res["models"][0]["run"]["decode"]["corrupt_frames"].as_u64().unwrap(), lost);
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+fn wait_for(mut f: impl FnMut() -> bool, what: &str) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(120), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn killed_device_loses_nothing_already_received() {
+    let t = tmp("kill");
+    let dir = t.join("run");
+    // Paced so the kill lands mid-run: 4 images per batch, 150 ms between batches.
+    let mut dev: Child = device("tiny-cnn.fp32.onnx", &["--batch", "4", "--pause-ms", "150"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ingest = Command::new(QUBA)
+        .args(["ingest", "--run-dir"])
+        .arg(&dir)
+        .stdin(dev.stdout.take().unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = dir.join("records.qlog");
+    wait_for(|| std::fs::metadata(&log).map(|m| m.len() > 2_000).unwrap_or(false), "records to arrive");
+    dev.kill().unwrap();
+    dev.wait().unwrap();
+    let status = ingest.wait().unwrap();
+    let mut err = String::new();
+    ingest.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "{err}");
+    let m = manifest(&dir);
+    assert_eq!(m["status"], "interrupted");
+    let n = m["records"].as_u64().unwrap();
+    assert!(n >= 4 && n < 120, "{n} records");
+    // Everything the host acknowledged is in the log, and the report uses all of it.
+    assert_eq!(export(&dir).len() as u64, n);
+    let res = report_json(&[&dir], &[]);
+    assert_eq!(res["models"][0]["samples"]["accuracy"].as_u64().unwrap(), n);
+    assert_eq!(res["models"][0]["run"]["status"], "interrupted");
+    let table = ok(Command::new(QUBA).arg("report").arg(&dir));
+    assert!(table.contains("interrupted"), "{table}");
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+#[test]
+fn tcp_stream_needs_the_token() {
+    let t = tmp("tcp");
+    for (i, good) in [(0, true), (1, false)] {
+        let dir = t.join(format!("run{i}"));
+        let mut host = Command::new(QUBA)
+            .args(["listen", "--bind", "127.0.0.1:0", "--token", "s3cret", "--run-dir"])
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(host.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let addr = first.split_whitespace().nth(2).unwrap().to_string();
+        let token = if good { "s3cret" } else { "guess" };
+        let dev = run(&mut device("tiny-cnn.fp32.onnx", &["--out", &format!("tcp://{addr}"), "--token", token]));
+        let status = host.wait().unwrap();
+        let mut err = String::new();
+        host.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        if good {
+            assert!(dev.status.success(), "{}", String::from_utf8_lossy(&dev.stderr));
+            assert!(status.success(), "{err}");
+            assert_eq!(manifest(&dir)["records"], 120);
+        } else {
+            assert!(!status.success());
+            assert!(err.contains("token"), "{err}");
+            assert_eq!(manifest(&dir)["records"], 0);
+            assert_eq!(std::fs::metadata(dir.join("records.qlog")).unwrap().len(), 0);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+#[test]
+fn bad_inputs_get_clear_errors() {
+    let t = tmp("bad");
+    // Not an ONNX file.
+    let junk = t.join("junk.onnx");
+    std::fs::write(&junk, b"this is not a protobuf").unwrap();
+    std::fs::copy(model("tiny-cnn.fp32.json"), t.join("junk.json")).unwrap();
+    let err = fails(Command::new(DEVICE).args(["run", "--model"]).arg(&junk).arg("--data").arg(val()));
+    assert!(err.contains("junk.onnx") && err.contains("not an ONNX model"), "{err}");
+
+    // Missing model file.
+    let err = fails(Command::new(DEVICE).args(["run", "--model"]).arg(t.join("nope.onnx")).args(["--pipeline", "imagenet", "--data"]).arg(val()));
+    assert!(err.contains("nope.onnx"), "{err}");
+
+    // No sidecar and no --pipeline: refuse to guess.
+    let bare = t.join("bare.onnx");
+    std::fs::copy(model("tiny-cnn.fp32.onnx"), &bare).unwrap();
+    let err = fails(Command::new(DEVICE).args(["run", "--model"]).arg(&bare).arg("--data").arg(val()));
+    assert!(err.contains("no input pipeline") && err.contains("bare.json"), "{err}");
+
+    // A model whose output is an image, not a class vector.
+    let err = fails(Command::new(DEVICE)
+        .args(["run", "--model"])
+        .arg(root().join("tests/data/bad/not-a-classifier.onnx"))
+        .arg("--pipeline")
+        .arg(model("tiny-cnn.fp32.json"))
+        .arg("--data")
+        .arg(val()));
+    assert!(err.contains("not-a-classifier.onnx") && err.contains("class vector"), "{err}");
+
+    // A dataset with the wrong number of class folders.
+    let nine = t.join("nine");
+    for entry in std::fs::read_dir(val()).unwrap().take(9) {
+        let e = entry.unwrap();
+        std::fs::create_dir_all(nine.join(e.file_name())).unwrap();
+    }
+    let err = fails(&mut Command::new(DEVICE).args(["run", "--model"]).arg(model("tiny-cnn.fp32.onnx")).arg("--data").arg(&nine));
+    assert!(err.contains("9 class folders") && err.contains("10 classes"), "{err}");
+
+    // An image that does not decode: reported by name, the other 119 still measured.
+    let copy = t.join("val");
+    copy_tree(&val(), &copy);
+    let victim = std::fs::read_dir(copy.join(first_class())).unwrap().next().unwrap().unwrap().path();
+    std::fs::write(&victim, b"\x89PNG\r\n\x1a\nbroken").unwrap();
+    let dir = t.join("run");
+    let mut dev = Command::new(DEVICE)
+        .args(["run", "--model"])
+        .arg(model("tiny-cnn.fp32.onnx"))
+        .arg("--data")
+        .arg(&copy)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ok(Command::new(QUBA).args(["ingest", "--run-dir"]).arg(&dir).stdin(dev.stdout.take().unwrap()));
+    assert!(dev.wait().unwrap().success());
+    let m = manifest(&dir);
+    assert_eq!((m["records"].as_u64(), m["failures"].as_u64()), (Some(119), Some(1)));
+    let res = report_json(&[&dir], &[]);
+    let f = &res["models"][0]["run"]["failures"][0];
+    let name = victim.file_name().unwrap().to_str().unwrap();
+    assert!(f["path"].as_str().unwrap().ends_with(name), "{f}");
+    assert!(f["error"].as_str().unwrap().contains("does not decode"), "{f}");
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+fn first_class() -> String {
+    let mut v: Vec<String> = std::fs::read_dir(val()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    v.sort();
+    v[0].clone()
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+#[test]
+fn score_reads_the_study_table() {
+    let out = ok(Command::new(QUBA).args(["score", "--json", "--table"]).arg(root().join("data/reference/study_326_models.csv")));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let models = v["models"].as_array().unwrap();
+    assert_eq!(models.len(), 326);
+    assert_eq!(models.iter().filter(|m| m["quba"].is_number()).count(), 282);
+    assert_eq!(models[0]["id"], "1");
+    assert_eq!(models[0]["name"], "AlexNet");
+    let no = models.iter().find(|m| m["quba"].is_null()).unwrap();
+    assert!(no["reason"].as_str().unwrap().len() > 5);
+    let err = fails(Command::new(QUBA).args(["score", "--weights", "1,2,3", "--table"]).arg(root().join("data/reference/study_326_models.csv")));
+    assert!(err.contains("--weights"), "{err}");
+}

@@ -265,9 +265,9 @@ fn normalisers(rows: &[Values], norm: Normalisation) -> [Result<(f64, f64), Stri
             let n = xs.len() as f64;
             let mean = xs.iter().sum::<f64>() / n;
             let sd = (xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0)).sqrt();
-            if sd == 0.0 {
-                return Err(format!("{d} has zero spread across the cohort (all {} models: {mean})", xs.len()));
-            }
+            // Every model is exactly at the cohort mean: z = 0 for all (see
+            // `z_score`). Refusing QUBA here would make the commonest cohort,
+            // one model in fp32 and int8 (same parameter count), unscorable.
             Ok((mean, sd))
         }
     })
@@ -283,7 +283,8 @@ fn normalisers(rows: &[Values], norm: Normalisation) -> [Result<(f64, f64), Stri
 /// A row gets no QUBA (and a reason naming what is wrong) when a dimension
 /// with non-zero weight is missing, is not a finite number, or cannot be
 /// normalised (cohort of one model; fewer than two models with that
-/// dimension; zero spread). Dimensions with weight 0 may be missing. Invalid
+/// dimension). A dimension on which the whole cohort is equal (zero spread)
+/// normalises to 0 for every model: it does not separate them. Dimensions with weight 0 may be missing. Invalid
 /// weights (negative, non-finite, all zero) give every row no QUBA.
 pub fn score(rows: &[Values], norm: Normalisation, weights: &Weights) -> Vec<Scored> {
     let weight_problem = weights.problem();
@@ -305,8 +306,8 @@ pub fn score(rows: &[Values], norm: Normalisation, weights: &Weights) -> Vec<Sco
                         not_finite.push(d);
                         None
                     }
-                    Some(v) => stats[i].as_ref().ok().map(|(mean, sd)| {
-                        let z = (v - mean) / sd;
+                    Some(v) => stats[i].as_ref().ok().map(|&(mean, sd)| {
+                        let z = if sd == 0.0 { 0.0 } else { (v - mean) / sd };
                         if d.higher_is_better() {
                             z
                         } else {
@@ -657,25 +658,23 @@ mod tests {
     }
 
     #[test]
-    fn cohort_zero_spread_blocks_only_when_weighted() {
+    fn cohort_zero_spread_normalises_to_zero() {
         // Two models identical in Shape Bias, different elsewhere.
         let a = full([0.7, 0.1, 0.5, 0.5, 0.004, 0.78, 0.92, 0.3, 20.0]);
         let b = full([0.8, 0.2, 0.6, 0.6, 0.003, 0.79, 0.93, 0.3, 30.0]);
-        let s = score(&[a, b], Normalisation::Cohort, &Weights::default());
-        for sc in &s {
-            assert_eq!(sc.quba, None);
-            let r = sc.reason.as_deref().unwrap();
-            assert!(r.contains("Shape Bias has zero spread"), "{r}");
-            assert_eq!(sc.normalised[7], None);
-        }
-        // With Shape Bias weighted 0 both get a score. Two models: every
-        // z is ±1/√2 (mean halfway, sample std = |a−b|/√2), a below b on
-        // every dimension → a: −1/√2 on the six "up" ones, +1/√2 on Cal.
-        // Error and Parameters after the flip… but a has the *higher* Cal.
-        // Error (0.004) → z = +1/√2 → flipped −1/√2; Parameters lower → +1/√2.
+        // Two models: every other z is ±1/√2 (mean halfway, sample std =
+        // |a−b|/√2); a is below b everywhere. Flipped dimensions: a has the
+        // higher Cal. Error → −1/√2, the lower Parameters → +1/√2.
         // a's weighted sum: −(1 [acc] + 1 [three robustness thirds] + 1 [cal]
-        // + 1 [class balance] + .5 [object focus])/√2 + 1 [params]/√2
-        // = −3.5/√2; Σw = 6 − .5 = 5.5 → QUBA_a = −3.5/(5.5·√2), QUBA_b = −QUBA_a.
+        // + 1 [class balance] + .5 [object focus])/√2 + 1 [params]/√2 + .5·0
+        // [shape bias] = −3.5/√2, over Σw = 6.
+        let s = score(&[a, b], Normalisation::Cohort, &Weights::default());
+        let want = -3.5 / (6.0 * 2f64.sqrt());
+        assert_eq!(s[0].normalised[7], Some(0.0));
+        assert_eq!(s[1].normalised[7], Some(0.0));
+        assert!((s[0].quba.unwrap() - want).abs() < 1e-12, "{:?}", s[0]);
+        assert!((s[1].quba.unwrap() + want).abs() < 1e-12, "{:?}", s[1]);
+        // With Shape Bias weighted 0 the denominator is 5.5.
         let mut w = Weights::default();
         w.0[7] = 0.0;
         let s = score(&[a, b], Normalisation::Cohort, &w);

@@ -1,0 +1,85 @@
+//! The board binary for real: `quba-device` cross-compiled for aarch64 runs
+//! under `qemu-aarch64` (Cortex-A72, a Pi 4's core) behind `quba eval
+//! --launcher`, and must make the same decisions as the x86 build.
+//!
+//! Needs `cargo build --release --no-default-features --bin quba-device
+//! --target aarch64-unknown-linux-gnu` first (`.ci/run` does it). Without that
+//! binary the test says so and passes, unless QUBA_REQUIRE_ARM=1 (set by CI),
+//! where a missing binary is a failure.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn eval(dir: &std::path::Path, extra: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_quba"))
+        .arg("eval")
+        .arg("--model")
+        .arg(root().join("models/tiny/tiny-cnn.fp32.onnx"))
+        .arg("--model")
+        .arg(root().join("models/tiny/tiny-cnn.int8-qop.onnx"))
+        .arg("--data")
+        .arg(root().join("tests/data/tiny/val"))
+        .arg("--runs-dir")
+        .arg(dir)
+        .args(["--json", "--bootstrap", "0"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn predictions(run_dir: &str) -> Vec<(u64, u64, Vec<f64>)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_quba")).args(["export", run_dir]).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let p = v["probs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            (v["sample"].as_u64().unwrap(), v["prediction"].as_u64().unwrap(), p)
+        })
+        .collect()
+}
+
+#[test]
+fn aarch64_device_under_qemu_matches_x86() {
+    let bin = root().join("target/aarch64-unknown-linux-gnu/release/quba-device");
+    if !bin.exists() {
+        assert!(std::env::var("QUBA_REQUIRE_ARM").is_err(), "QUBA_REQUIRE_ARM is set but {} is missing", bin.display());
+        eprintln!("skipping: {} not built", bin.display());
+        return;
+    }
+    let t = std::env::temp_dir().join(format!("quba-qemu-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&t);
+    let arm = eval(
+        &t.join("arm"),
+        &["--launcher", "qemu-aarch64 -cpu cortex-a72 -L /usr/aarch64-linux-gnu", "--device-bin", bin.to_str().unwrap()],
+    );
+    let x86 = eval(&t.join("x86"), &[]);
+    for (a, x) in arm["models"].as_array().unwrap().iter().zip(x86["models"].as_array().unwrap()) {
+        assert_eq!(a["target"], "aarch64-unknown-linux-gnu");
+        assert_eq!(x["target"], env!("QUBA_TARGET"));
+        assert_eq!(a["onnx_sha256"], x["onnx_sha256"]);
+        assert_eq!(a["protocol"]["dataset_fingerprint"], x["protocol"]["dataset_fingerprint"]);
+        let pa = predictions(a["run"]["dir"].as_str().unwrap());
+        let px = predictions(x["run"]["dir"].as_str().unwrap());
+        assert_eq!(pa.len(), 120);
+        let mut max_diff: f64 = 0.0;
+        for ((sa, ya, qa), (sx, yx, qx)) in pa.iter().zip(&px) {
+            assert_eq!(sa, sx);
+            assert_eq!(ya, yx, "{}: sample {sa} top-1 differs between aarch64 and x86", a["name"]);
+            max_diff = qa.iter().zip(qx).map(|(p, q)| (p - q).abs()).fold(max_diff, f64::max);
+        }
+        // Different SIMD kernels sum in different orders: float rounding only.
+        assert!(max_diff < 1e-4, "{} {}: max prob diff {max_diff}", a["name"], a["precision"]);
+    }
+    let _ = std::fs::remove_dir_all(&t);
+}

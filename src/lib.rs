@@ -15,4 +15,5 @@ pub mod quba;
 #[cfg(feature = "host")]
 pub mod report;
 pub mod suite;
+pub mod synth;
 pub mod transport;

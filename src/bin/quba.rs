@@ -42,6 +42,11 @@ enum Cmd {
     Ingest(IngestArgs),
     /// Wait for a device to connect over TCP and receive its stream.
     Listen(ListenArgs),
+    /// Datasets: write the synthetic benchmark to disk.
+    Data {
+        #[command(subcommand)]
+        cmd: DataCmd,
+    },
     /// Play the device role in this process (what `quba-device` does).
     Device {
         #[command(subcommand)]
@@ -52,6 +57,36 @@ enum Cmd {
 #[derive(Subcommand)]
 enum DeviceCmd {
     Run(DeviceArgs),
+}
+
+#[derive(Subcommand)]
+enum DataCmd {
+    /// Write the synthetic benchmark (16 shape classes with texture and background
+    /// shortcuts) in the real datasets' folder layouts.
+    Synth(SynthArgs),
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    #[arg(long)]
+    out: PathBuf,
+    /// Comma-separated splits: train, val, edge, silhouette, sketch, stylized, rendition,
+    /// cue-conflict, mixed_same, mixed_rand (default: all but train).
+    #[arg(long, value_delimiter = ',')]
+    splits: Vec<quba_edge::synth::Split>,
+    #[arg(long, default_value_t = 50)]
+    per_class: u32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 64)]
+    size: u32,
+    /// Probability that an object wears its class's home texture (1/16: fully randomised).
+    #[arg(long, default_value_t = 0.8)]
+    p_texture: f32,
+    /// Probability that an object sits on its class's home background.
+    #[arg(long, default_value_t = 0.8)]
+    p_background: f32,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -207,6 +242,7 @@ fn main() {
         Cmd::Score(a) => score(a),
         Cmd::Ingest(a) => ingest(std::io::stdin().lock(), &a.run_dir, "stdin", None).map(|m| summary(&a.run_dir, &m)),
         Cmd::Listen(a) => listen(a),
+        Cmd::Data { cmd: DataCmd::Synth(a) } => synth(a),
         Cmd::Device { cmd: DeviceCmd::Run(a) } => run_device(&a).map(|_| ()),
     };
     if let Err(e) = r {
@@ -435,5 +471,21 @@ fn listen(a: ListenArgs) -> Result<()> {
     let (stream, peer) = listener.accept()?;
     let m = ingest(stream, &a.run_dir, &format!("tcp {peer}"), Some(&token))?;
     summary(&a.run_dir, &m);
+    Ok(())
+}
+
+fn synth(a: SynthArgs) -> Result<()> {
+    use quba_edge::synth::{self, Split, SynthConfig};
+    let splits: Vec<Split> = if a.splits.is_empty() { Split::ALL.into_iter().filter(|s| *s != Split::Train).collect() } else { a.splits };
+    let cfg = SynthConfig { seed: a.seed, size: a.size, p_texture: a.p_texture, p_background: a.p_background };
+    let n = synth::write_tree(&cfg, &a.out, &splits, a.per_class)?;
+    eprintln!(
+        "wrote {n} images ({} per class; splits {}) to {} — generator v{}, seed {}",
+        a.per_class,
+        splits.iter().map(|s| s.name()).collect::<Vec<_>>().join(","),
+        a.out.display(),
+        synth::GENERATOR_VERSION,
+        a.seed
+    );
     Ok(())
 }

@@ -126,6 +126,104 @@ impl ImageFolder {
     }
 }
 
+/// Where the images of a run come from: files on disk, or the synthetic
+/// benchmark rendered in memory — so a board needs no dataset copy and the
+/// host and the board see byte-identical images.
+pub enum Source {
+    Folder(ImageFolder),
+    Synth { cfg: crate::synth::SynthConfig, split: crate::synth::Split, count: u32 },
+}
+
+impl Source {
+    /// `spec` is a folder, or `synth` / `synth:<split>` for the generated
+    /// benchmark (`per_class` images per class, default 50; `seed` is the
+    /// generator's seed). For folders `per_class` draws a seeded subset.
+    pub fn open(spec: &Path, expected_classes: Option<usize>, per_class: Option<usize>, seed: u64) -> Result<Source> {
+        let text = spec.to_string_lossy();
+        if !spec.exists() && (text == "synth" || text.starts_with("synth:")) {
+            use crate::synth::{Split, SynthConfig, NUM_CLASSES};
+            let split: Split = match text.strip_prefix("synth:") {
+                Some(name) => name.parse().map_err(anyhow::Error::msg)?,
+                None => Split::Val,
+            };
+            if let Some(k) = expected_classes.filter(|&k| k != NUM_CLASSES) {
+                bail!("the synthetic benchmark has {NUM_CLASSES} classes but the model outputs {k}");
+            }
+            let count = (per_class.unwrap_or(50) * NUM_CLASSES) as u32;
+            return Ok(Source::Synth { cfg: SynthConfig { seed, ..SynthConfig::default() }, split, count });
+        }
+        let mut folder = ImageFolder::open(spec, expected_classes)?;
+        if let Some(n) = per_class {
+            folder.stratified_subset(n, seed);
+        }
+        Ok(Source::Folder(folder))
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Source::Folder(f) => f.samples.len(),
+            Source::Synth { count, .. } => *count as usize,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A human-readable name of sample `i` (relative path, or split/index).
+    pub fn name(&self, i: usize) -> String {
+        match self {
+            Source::Folder(f) => f.samples[i].rel_path.clone(),
+            Source::Synth { split, .. } => format!("synth:{}/{i}", split.name()),
+        }
+    }
+
+    /// Decodes (or renders) sample `i` through the pipeline; returns its label.
+    pub fn load_into(&self, i: usize, pipeline: &Pipeline, out: &mut [f32]) -> Result<u16> {
+        match self {
+            Source::Folder(f) => {
+                let s = &f.samples[i];
+                load_into(&f.path(s), pipeline, out)?;
+                Ok(s.label)
+            }
+            Source::Synth { cfg, split, .. } => {
+                let img = crate::synth::render(cfg, *split, i as u32);
+                preprocess(&img.image, pipeline, out).with_context(|| self.name(i))?;
+                Ok(img.label)
+            }
+        }
+    }
+
+    /// Same fingerprint ⇒ same images in the same order.
+    pub fn fingerprint(&self) -> String {
+        match self {
+            Source::Folder(f) => f.fingerprint(),
+            Source::Synth { cfg, split, count } => hex(&Sha256::digest(format!(
+                "synth v{} seed {} size {} p_texture {} p_background {} split {} count {count}",
+                crate::synth::GENERATOR_VERSION,
+                cfg.seed,
+                cfg.size,
+                cfg.p_texture,
+                cfg.p_background,
+                split.name()
+            ))),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Folder(f) => f.root.display().to_string(),
+            Source::Synth { cfg, split, count } => format!(
+                "synth:{} (generator v{}, seed {}, {} px, {count} images)",
+                split.name(),
+                crate::synth::GENERATOR_VERSION,
+                cfg.seed,
+                cfg.size
+            ),
+        }
+    }
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

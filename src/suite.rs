@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::data::{self, ImageFolder};
+use crate::data::{self, Source};
 use crate::engine::Engine;
 use crate::metrics::softmax_in_place;
 use crate::protocol::{
@@ -31,14 +31,16 @@ pub struct RunArgs {
     /// ONNX classifier (fp32, or int8 in QDQ or QOperator form).
     #[arg(long)]
     pub model: PathBuf,
-    /// ImageFolder tree of clean validation images (one folder per class, sorted order = class index).
+    /// Clean validation images: an ImageFolder tree (one folder per class, sorted order = class
+    /// index), or `synth` (`synth:<split>`) for the synthetic benchmark rendered in memory.
     #[arg(long)]
     pub data: PathBuf,
     /// Input pipeline: a JSON file, or `imagenet` for the study's (resize 256 bicubic, crop 224,
     /// ImageNet mean/std). Default: the model's sidecar `<model stem>.json`.
     #[arg(long)]
     pub pipeline: Option<String>,
-    /// Evaluate N images per class, chosen by a seeded shuffle (all images when omitted).
+    /// Evaluate N images per class: a seeded subset of a folder (all when omitted), or the
+    /// number generated per class for `synth` (default 50).
     #[arg(long)]
     pub per_class: Option<usize>,
     #[arg(long, default_value_t = 0)]
@@ -143,10 +145,7 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
     if engine.num_classes > MAX_CLASSES {
         bail!("{}: {} output classes, the stream carries at most {MAX_CLASSES}", args.model.display(), engine.num_classes);
     }
-    let mut dataset = ImageFolder::open(&args.data, Some(engine.num_classes))?;
-    if let Some(n) = args.per_class {
-        dataset.stratified_subset(n, args.seed);
-    }
+    let dataset = Source::open(&args.data, Some(engine.num_classes), args.per_class, args.seed)?;
     let model_name = meta_name.unwrap_or_else(|| {
         args.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
     });
@@ -167,9 +166,9 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
         pipeline: pipeline.clone(),
         decoder: data::DECODER.into(),
         benchmark: args.benchmark.clone(),
-        dataset_root: args.data.display().to_string(),
+        dataset_root: dataset.describe(),
         dataset_fingerprint: dataset.fingerprint(),
-        samples: dataset.samples.len() as u32,
+        samples: dataset.len() as u32,
         seed: args.seed,
         per_class: args.per_class.map(|n| n as u32),
         target: TARGET.into(),
@@ -187,20 +186,23 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
     let mut input = vec![0f32; engine.batch * per];
     let mut batch_ids: Vec<u32> = Vec::with_capacity(engine.batch);
     let (mut records, mut failures) = (0u32, 0u32);
-    let samples = &dataset.samples;
+    let mut labels: Vec<u16> = Vec::with_capacity(engine.batch);
     let mut next = 0usize;
-    while next < samples.len() {
+    while next < dataset.len() {
         batch_ids.clear();
+        labels.clear();
         // Fill a batch with images that decode; failures are reported, not fatal.
-        while batch_ids.len() < engine.batch && next < samples.len() {
-            let s = &samples[next];
+        while batch_ids.len() < engine.batch && next < dataset.len() {
             let slot = &mut input[batch_ids.len() * per..(batch_ids.len() + 1) * per];
-            match data::load_into(&dataset.path(s), &pipeline, slot) {
-                Ok(()) => batch_ids.push(next as u32),
+            match dataset.load_into(next, &pipeline, slot) {
+                Ok(label) => {
+                    batch_ids.push(next as u32);
+                    labels.push(label);
+                }
                 Err(e) => {
                     failures += 1;
                     let mut f = Failure { set: ProbeSet::Clean, sample: next as u32, path: Default::default(), message: Default::default() };
-                    push_truncated(&mut f.path, &s.rel_path);
+                    push_truncated(&mut f.path, &dataset.name(next));
                     push_truncated(&mut f.message, &format!("{e:#}"));
                     out.write_all(enc.encode(&Message::Failure(f))?)?;
                 }
@@ -211,11 +213,10 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
             continue;
         }
         let logits = engine.logits(&input, batch_ids.len())?;
-        for (row, &id) in logits.chunks_exact(engine.num_classes).zip(&batch_ids) {
+        for ((row, &id), &label) in logits.chunks_exact(engine.num_classes).zip(&batch_ids).zip(&labels) {
             let mut probs = Probs::new();
             probs.extend_from_slice(row).expect("num_classes ≤ MAX_CLASSES checked above");
             softmax_in_place(&mut probs);
-            let label = samples[id as usize].label;
             let prediction = crate::metrics::argmax(&probs);
             let rec = Record {
                 set: ProbeSet::Clean,

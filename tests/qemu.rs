@@ -51,7 +51,8 @@ fn predictions(run_dir: &str) -> Vec<(u64, u64, Vec<f64>)> {
 
 #[test]
 fn aarch64_device_under_qemu_matches_x86() {
-    let bin = root().join("target/aarch64-unknown-linux-gnu/release/quba-device");
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    let bin = target_dir.join("aarch64-unknown-linux-gnu/release/quba-device");
     if !bin.exists() {
         assert!(std::env::var("QUBA_REQUIRE_ARM").is_err(), "QUBA_REQUIRE_ARM is set but {} is missing", bin.display());
         eprintln!("skipping: {} not built", bin.display());

@@ -125,10 +125,14 @@ struct ScoringArgs {
 
 impl ScoringArgs {
     fn weights(&self) -> Result<Weights> {
-        match &self.weights {
-            None => Ok(Weights::default()),
-            Some(w) => w.parse::<Weights>().map_err(|e| anyhow::anyhow!("--weights {w}: {e}")),
-        }
+        parse_weights(self.weights.as_deref())
+    }
+}
+
+fn parse_weights(arg: Option<&str>) -> Result<Weights> {
+    match arg {
+        None => Ok(Weights::default()),
+        Some(w) => w.parse::<Weights>().map_err(|e| anyhow::anyhow!("--weights {w}: {e}")),
     }
 }
 
@@ -424,10 +428,7 @@ fn export(a: ExportArgs) -> Result<()> {
 }
 
 fn score(a: ScoreArgs) -> Result<()> {
-    let weights = match &a.weights {
-        None => Weights::default(),
-        Some(w) => w.parse::<Weights>().map_err(|e| anyhow::anyhow!("--weights {w}: {e}"))?,
-    };
+    let weights = parse_weights(a.weights.as_deref())?;
     let rows = quba::read_table(&a.table)?;
     let values: Vec<quba::Values> = rows.iter().map(|r| r.values).collect();
     let scored = quba::score(&values, a.normalisation.into(), &weights);

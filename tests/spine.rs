@@ -380,6 +380,10 @@ fn bad_inputs_get_clear_errors() {
     let err = fails(&mut Command::new(DEVICE).args(["run", "--model"]).arg(model("tiny-cnn.fp32.onnx")).arg("--data").arg(&nine));
     assert!(err.contains("9 class folders") && err.contains("10 classes"), "{err}");
 
+    // The in-memory synthetic benchmark has 16 classes; a 10-class model is refused.
+    let err = fails(&mut Command::new(DEVICE).args(["run", "--data", "synth", "--model"]).arg(model("tiny-cnn.fp32.onnx")));
+    assert!(err.contains("16 classes") && err.contains("outputs 10"), "{err}");
+
     // An image that does not decode: reported by name, the other 119 still measured.
     let copy = t.join("val");
     copy_tree(&val(), &copy);

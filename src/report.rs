@@ -325,6 +325,9 @@ impl Report {
         s += &format!("{:>8}\n", "QUBA");
         for ((run, res), sc) in self.runs.iter().zip(&self.results).zip(&self.scored) {
             let mut name = run.header.model_name.clone();
+            if !run.header.int8_format.is_empty() {
+                name = format!("{name} ({})", run.header.int8_format);
+            }
             if run.status != RunStatus::Complete {
                 name.push('*');
             }
@@ -343,13 +346,21 @@ impl Report {
                 None => format!("{:>8}\n", "—"),
             };
         }
-        let n: Vec<String> = self
-            .runs
-            .iter()
-            .zip(&self.results)
-            .map(|(r, res)| format!("{} {}: n={}", r.header.model_name, r.header.precision.as_str(), res.samples[0].unwrap_or(0)))
-            .collect();
-        s += &format!("samples: {}\n", n.join(", "));
+        let mut counts: Vec<usize> = self.results.iter().map(|r| r.samples[Dimension::Accuracy.index()].unwrap_or(0)).collect();
+        counts.sort_unstable();
+        counts.dedup();
+        match counts.as_slice() {
+            [n] => s += &format!("samples: {n} clean images per model\n"),
+            _ => {
+                let n: Vec<String> = self
+                    .runs
+                    .iter()
+                    .zip(&self.results)
+                    .map(|(r, res)| format!("{} {}: {}", r.header.model_name, r.header.precision.as_str(), res.samples[0].unwrap_or(0)))
+                    .collect();
+                s += &format!("samples: {}\n", n.join(", "));
+            }
+        }
         s += &format!(
             "normalisation: {} · benchmark: {}\n",
             match self.normalisation {

@@ -138,10 +138,12 @@ fn parse_weights(arg: Option<&str>) -> Result<Weights> {
 
 #[derive(Args)]
 struct EvalArgs {
-    /// ONNX model(s) to evaluate (repeat the flag); default: every .onnx file of the shipped zoo.
+    /// ONNX model(s) to evaluate (repeat the flag); default: every .onnx file of the shipped
+    /// zoo (models/zoo, fp32 and int8).
     #[arg(long = "model")]
     models: Vec<PathBuf>,
-    /// ImageFolder dataset; default: the embedded benchmark's clean validation split.
+    /// ImageFolder dataset, or `synth` for the synthetic benchmark rendered in memory
+    /// (default, with 50 images per class).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Input pipeline for every model: `imagenet` or a JSON file (default: each model's sidecar).
@@ -278,9 +280,12 @@ fn shipped(rel: &str) -> PathBuf {
     }
 }
 
-const DEFAULT_ZOO: &str = "models/tiny";
-const DEFAULT_DATA: &str = "tests/data/tiny/val";
-const DEFAULT_BENCHMARK: &str = "tiny";
+/// The embedded default: the zoo trained on the synthetic benchmark, which the
+/// device renders in memory (no dataset on disk), 50 images per class.
+const DEFAULT_ZOO: &str = "models/zoo";
+const DEFAULT_DATA: &str = "synth";
+const DEFAULT_PER_CLASS: usize = 50;
+const DEFAULT_BENCHMARK: &str = "synth";
 
 fn zoo_models() -> Result<Vec<PathBuf>> {
     let dir = shipped(DEFAULT_ZOO);
@@ -317,7 +322,8 @@ fn eval(a: EvalArgs) -> Result<()> {
     let weights = a.scoring.weights()?;
     let defaulted = a.models.is_empty() && a.data.is_none();
     let models = if a.models.is_empty() { zoo_models()? } else { a.models.clone() };
-    let data = a.data.clone().unwrap_or_else(|| shipped(DEFAULT_DATA));
+    let data = a.data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA));
+    let per_class = a.per_class.or(defaulted.then_some(DEFAULT_PER_CLASS));
     let benchmark = a.benchmark.clone().unwrap_or_else(|| if defaulted { DEFAULT_BENCHMARK } else { "custom" }.into());
     let base = device_command(&a)?;
     let mut dirs = Vec::new();
@@ -328,7 +334,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             model: model.clone(),
             data: data.clone(),
             pipeline: a.pipeline.clone(),
-            per_class: a.per_class,
+            per_class,
             seed: a.seed,
             batch: a.batch,
             benchmark: benchmark.clone(),

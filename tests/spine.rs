@@ -443,3 +443,29 @@ fn score_reads_the_study_table() {
     let err = fails(Command::new(QUBA).args(["score", "--weights", "1,2,3", "--table"]).arg(root().join("data/reference/study_326_models.csv")));
     assert!(err.contains("--weights"), "{err}");
 }
+
+#[test]
+fn zoo_model_on_the_in_memory_synthetic_benchmark() {
+    let t = tmp("synth");
+    let out = ok(Command::new(QUBA)
+        .arg("eval")
+        .arg("--model")
+        .arg(root().join("models/zoo/cnn-baseline.fp32.onnx"))
+        .arg("--model")
+        .arg(root().join("models/zoo/cnn-baseline.int8.onnx"))
+        .args(["--data", "synth", "--per-class", "6", "--json", "--bootstrap", "0", "--runs-dir"])
+        .arg(&t));
+    let res: Value = serde_json::from_str(&out).unwrap();
+    for m in res["models"].as_array().unwrap() {
+        assert_eq!(m["samples"]["accuracy"], 96);
+        assert!(m["protocol"]["dataset_root"].as_str().unwrap().starts_with("synth:val (generator v1, seed 0"), "{m}");
+        // The card measured 85% on 800 images with onnxruntime; 96 images
+        // leave room for noise but not for a broken pipeline (chance: 6%).
+        let acc = m["dimensions"]["accuracy"].as_f64().unwrap();
+        assert!(acc > 0.6, "{} {}: accuracy {acc}", m["name"], m["precision"]);
+    }
+    // Both runs saw the same generated images.
+    let fp = &res["models"][0]["protocol"]["dataset_fingerprint"];
+    assert_eq!(fp, &res["models"][1]["protocol"]["dataset_fingerprint"]);
+    let _ = std::fs::remove_dir_all(&t);
+}

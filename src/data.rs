@@ -265,12 +265,11 @@ pub fn preprocess(img: &image::RgbImage, p: &Pipeline, out: &mut [f32]) -> Resul
     let src = if (nw, nh) == (w, h) {
         img
     } else {
-        let filter = match p.interpolation {
-            Interpolation::Bicubic => FilterType::CatmullRom,
-            Interpolation::Bilinear => FilterType::Triangle,
-            Interpolation::Nearest => FilterType::Nearest,
+        resized = match p.interpolation {
+            Interpolation::Bicubic => pil_resize(img, nw, nh, PilFilter::Bicubic),
+            Interpolation::Bilinear => pil_resize(img, nw, nh, PilFilter::Bilinear),
+            Interpolation::Nearest => image::imageops::resize(img, nw, nh, FilterType::Nearest),
         };
-        resized = image::imageops::resize(img, nw, nh, filter);
         &resized
     };
     // torchvision: top = int(round((h − crop) / 2)), and Python rounds half to even.
@@ -287,6 +286,108 @@ pub fn preprocess(img: &image::RgbImage, p: &Pipeline, out: &mut [f32]) -> Resul
         }
     }
     Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum PilFilter {
+    Bicubic,
+    Bilinear,
+}
+
+impl PilFilter {
+    fn support(self) -> f64 {
+        match self {
+            PilFilter::Bicubic => 2.0,
+            PilFilter::Bilinear => 1.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        let x = x.abs();
+        match self {
+            // Keys cubic with a = −0.5, as Pillow.
+            PilFilter::Bicubic => {
+                let a = -0.5;
+                if x < 1.0 {
+                    ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * a
+                } else {
+                    0.0
+                }
+            }
+            PilFilter::Bilinear => (1.0 - x).max(0.0),
+        }
+    }
+}
+
+/// Pillow keeps 8-bit resampling in fixed point with this many fraction bits.
+const PIL_PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Per output pixel: first input index and fixed-point weights.
+fn pil_coefficients(input: u32, output: u32, filter: PilFilter) -> Vec<(usize, Vec<i32>)> {
+    let scale = input as f64 / output as f64;
+    // Downscaling widens the kernel (antialiasing), as Pillow does.
+    let filterscale = scale.max(1.0);
+    let support = filter.support() * filterscale;
+    (0..output)
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(input as i64) as usize;
+            let w: Vec<f64> = (xmin..xmax).map(|x| filter.weight((x as f64 - center + 0.5) / filterscale)).collect();
+            let total: f64 = w.iter().sum();
+            let fixed = w
+                .iter()
+                .map(|&k| {
+                    let k = if total != 0.0 { k / total } else { k };
+                    let v = k * (1u32 << PIL_PRECISION_BITS) as f64;
+                    (if v < 0.0 { v - 0.5 } else { v + 0.5 }) as i32
+                })
+                .collect();
+            (xmin, fixed)
+        })
+        .collect()
+}
+
+fn pil_clip8(acc: i32) -> u8 {
+    (acc >> PIL_PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Pillow's `Image.resize` for 8-bit RGB (what torchvision calls on PIL
+/// images): separable, horizontal pass then vertical, each rounded to 8 bits
+/// in fixed point. image-rs's Catmull-Rom differed from it by up to 4 grey
+/// levels (mean 0.2) on 500×375 → 341×256, which is enough to move top-1.
+fn pil_resize(img: &image::RgbImage, nw: u32, nh: u32, filter: PilFilter) -> image::RgbImage {
+    let (w, h) = img.dimensions();
+    let src = img.as_raw();
+    let mut horiz = vec![0u8; (nw * h * 3) as usize];
+    let cols = pil_coefficients(w, nw, filter);
+    for y in 0..h as usize {
+        let row = &src[y * w as usize * 3..(y + 1) * w as usize * 3];
+        for (xx, (xmin, k)) in cols.iter().enumerate() {
+            for c in 0..3 {
+                let mut acc: i32 = 1 << (PIL_PRECISION_BITS - 1);
+                for (j, &kj) in k.iter().enumerate() {
+                    acc += row[(xmin + j) * 3 + c] as i32 * kj;
+                }
+                horiz[(y * nw as usize + xx) * 3 + c] = pil_clip8(acc);
+            }
+        }
+    }
+    let rows = pil_coefficients(h, nh, filter);
+    let stride = nw as usize * 3;
+    let mut out = vec![0u8; (nw * nh * 3) as usize];
+    for (yy, (ymin, k)) in rows.iter().enumerate() {
+        for i in 0..stride {
+            let mut acc: i32 = 1 << (PIL_PRECISION_BITS - 1);
+            for (j, &kj) in k.iter().enumerate() {
+                acc += horiz[(ymin + j) * stride + i] as i32 * kj;
+            }
+            out[yy * stride + i] = pil_clip8(acc);
+        }
+    }
+    image::RgbImage::from_raw(nw, nh, out).expect("buffer sized for nw×nh RGB")
 }
 
 /// torchvision `Resize(int)`: the shorter side becomes `size`, the longer

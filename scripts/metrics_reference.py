@@ -130,11 +130,12 @@ def make_cases():
         p[i, 2] = p[i, 7] = 0.3
     cases.append(("saturated_and_ties_200x10", 10, labels, p))
 
-    # Hand-checkable: 6 samples, 3 classes. Confidences 0.9, 0.8, 0.6, 0.5,
-    # 0.7, 0.4 — bins (0.867,0.933] {0.9: correct}, (0.733,0.8] {0.8: wrong},
-    # (0.533,0.6] {0.6: correct}, (0.467,0.533] {0.5: correct},
-    # (0.667,0.733] {0.7: wrong}, (0.333,0.4] {0.4: correct}; every bin holds one
-    # sample, so ECE = (0.1 + 0.8 + 0.4 + 0.5 + 0.7 + 0.6)/6 = 3.1/6 = 0.516667.
+    # Hand-checkable: 6 samples, 3 classes, confidences 0.9, 0.8, 0.6, 0.5,
+    # 0.7, 0.4. As float32, 0.8, 0.6 and 0.4 lie just above 12/15, 9/15 and
+    # 6/15, so each falls in the bin above that edge; either way every
+    # confidence has a bin to itself, and ECE = mean |correct - conf| =
+    # (0.1 + 0.8 + 0.4 + 0.5 + 0.7 + 0.6)/6 = 3.1/6 = 0.516667
+    # (correct: samples 1, 3, 4, 6).
     p = np.array([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.2, 0.6, 0.2], [0.25, 0.25, 0.5], [0.15, 0.7, 0.15], [0.3, 0.3, 0.4]])
     labels = np.array([0, 1, 1, 2, 0, 2])
     cases.append(("hand_6x3", 3, labels, p))

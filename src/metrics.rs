@@ -236,6 +236,13 @@ fn adaptive_upper_edges(col: &[(f64, bool)], bins: usize, upper: &mut Vec<f64>) 
 /// row-major N×K probabilities. The ECE confidence is the top-1 probability
 /// and correctness is `argmax == label`, as torchmetrics does it.
 pub fn calibration_error(probs: &[f32], num_classes: usize, labels: &[usize]) -> f64 {
+    let (e, a) = ece_and_ace(probs, num_classes, labels);
+    gmean(&[e, a])
+}
+
+/// ECE and ACE (15 bins each) of row-major N×K probabilities: the two parts
+/// of the calibration-error dimension, for callers that report them too.
+pub fn ece_and_ace(probs: &[f32], num_classes: usize, labels: &[usize]) -> (f64, f64) {
     let k = num_classes;
     assert_eq!(probs.len(), labels.len() * k, "calibration_error: probs is not N×K");
     let mut conf = Vec::with_capacity(labels.len());
@@ -245,7 +252,7 @@ pub fn calibration_error(probs: &[f32], num_classes: usize, labels: &[usize]) ->
         conf.push(row[p] as f64);
         correct.push(p == y);
     }
-    gmean(&[ece(&conf, &correct, 15), ace(probs, k, labels, 15)])
+    (ece(&conf, &correct, 15), ace(probs, k, labels, 15))
 }
 
 /// Class balance (PROTOCOL.md item 6): `gmean(1 − std_k(acc_k), 1 −

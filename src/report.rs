@@ -154,18 +154,21 @@ pub fn evaluate(run: &Run, opts: &EvalOptions) -> Result<ModelResult> {
             let bal = move |l: &[usize], _: &[usize], pb: &[f32]| metrics::class_balance(pb, k, l);
             let stats: [(Dimension, &dyn Fn(&[usize], &[usize], &[f32]) -> f64); 3] =
                 [(Dimension::Accuracy, &acc), (Dimension::CalibrationError, &cal), (Dimension::ClassBalance, &bal)];
+            // ECE and ACE once: they are both reported parts and the point value.
+            let (ece, ace) = metrics::ece_and_ace(&c.probs, k, &c.labels);
+            res.parts.insert("ece".into(), ece);
+            res.parts.insert("ace".into(), ace);
             for (salt, (d, f)) in stats.into_iter().enumerate() {
                 let i = d.index();
-                res.values[i] = Some(f(&c.labels, &c.preds, &c.probs));
+                res.values[i] = Some(match d {
+                    Dimension::CalibrationError => metrics::gmean(&[ece, ace]),
+                    _ => f(&c.labels, &c.preds, &c.probs),
+                });
                 res.samples[i] = Some(n);
                 if opts.bootstrap > 0 {
                     res.intervals[i] = Some(ci(f, &c, salt as u64 + 1));
                 }
             }
-            let conf: Vec<f64> = (0..n).map(|i| c.probs[i * k + c.preds[i]] as f64).collect();
-            let correct: Vec<bool> = (0..n).map(|i| c.labels[i] == c.preds[i]).collect();
-            res.parts.insert("ece".into(), metrics::ece(&conf, &correct, 15));
-            res.parts.insert("ace".into(), metrics::ace(&c.probs, k, &c.labels, 15));
         }
     }
     let not_run = |what: &str| format!("the run has no {what} records: this version of the device suite runs the clean probe set only");

@@ -20,6 +20,7 @@ fn record(sample: u32, classes: usize, full: bool) -> Record {
         prediction: 7,
         confidence: 0.8731,
         p_true: 0.0412,
+        cue: None,
         probs: full.then_some(probs),
     }
 }

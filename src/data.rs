@@ -24,7 +24,21 @@ pub struct Sample {
     /// Relative to the dataset root, `/`-separated, for fingerprints and reports.
     pub rel_path: String,
     pub label: u16,
+    /// Texture category of a cue-conflict image (from its file name).
+    pub cue: Option<u16>,
     pub bytes: u64,
+}
+
+/// How a folder tree's labels are read.
+#[derive(Clone, Debug, Default)]
+pub struct Labels {
+    /// Folder names in label order; a folder outside the list is an error.
+    /// `None`: the folders in sorted order are the labels.
+    pub categories: Option<Vec<String>>,
+    /// Required number of folders (a missing one would shift every label).
+    pub expected: Option<usize>,
+    /// Parse `…<shape><n>-<texture><m>.<ext>` file names into [`Sample::cue`].
+    pub cue_conflict: bool,
 }
 
 /// An ImageFolder tree: one folder per class, class index = sorted folder order.
@@ -39,6 +53,12 @@ impl ImageFolder {
     /// Lists `root/<class>/<image>`; with `expected_classes` it refuses a tree
     /// whose folder count differs, since a mismatch would shift every label.
     pub fn open(root: &Path, expected_classes: Option<usize>) -> Result<Self> {
+        Self::open_labelled(root, &Labels { expected: expected_classes, ..Labels::default() })
+    }
+
+    /// Lists `root/<class>/<image>` with labels read as `spec` says.
+    pub fn open_labelled(root: &Path, spec: &Labels) -> Result<Self> {
+        let expected_classes = spec.expected;
         let entries = std::fs::read_dir(root).with_context(|| {
             format!("cannot read dataset folder {}: expected an ImageFolder tree (one sub-folder per class)", root.display())
         })?;
@@ -64,8 +84,24 @@ impl ImageFolder {
                 );
             }
         }
+        let labels: Vec<u16> = match &spec.categories {
+            None => (0..classes.len() as u16).collect(),
+            Some(cats) => classes
+                .iter()
+                .map(|c| {
+                    cats.iter().position(|x| x == c).map(|i| i as u16).with_context(|| {
+                        format!(
+                            "{}: folder {c:?} is not one of this dataset's {} categories ({})",
+                            root.display(),
+                            cats.len(),
+                            abbreviate(cats)
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?,
+        };
         let mut samples = Vec::new();
-        for (label, class) in classes.iter().enumerate() {
+        for (class, &label) in classes.iter().zip(&labels) {
             let dir = root.join(class);
             let mut files: Vec<(String, u64)> = std::fs::read_dir(&dir)
                 .with_context(|| format!("cannot read class folder {}", dir.display()))?
@@ -80,11 +116,10 @@ impl ImageFolder {
                 .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().map(|m| m.len()).unwrap_or(0)))
                 .collect();
             files.sort();
-            samples.extend(files.into_iter().map(|(f, bytes)| Sample {
-                rel_path: format!("{class}/{f}"),
-                label: label as u16,
-                bytes,
-            }));
+            for (f, bytes) in files {
+                let cue = if spec.cue_conflict { Some(cue_of(root, class, &f, spec.categories.as_deref().unwrap_or(&classes))?) } else { None };
+                samples.push(Sample { rel_path: format!("{class}/{f}"), label, cue, bytes });
+            }
         }
         if samples.is_empty() {
             bail!("dataset folder {} has {} class folders but no images ({})", root.display(), classes.len(), IMAGE_EXTENSIONS.join(", "));
@@ -116,6 +151,9 @@ impl ImageFolder {
             h.update(s.rel_path.as_bytes());
             h.update([0]);
             h.update(s.label.to_le_bytes());
+            if let Some(c) = s.cue {
+                h.update(c.to_le_bytes());
+            }
             h.update(s.bytes.to_le_bytes());
         }
         hex(&h.finalize())
@@ -139,24 +177,41 @@ impl Source {
     /// benchmark (`per_class` images per class, default 50; `seed` is the
     /// generator's seed). For folders `per_class` draws a seeded subset.
     pub fn open(spec: &Path, expected_classes: Option<usize>, per_class: Option<usize>, seed: u64) -> Result<Source> {
+        Self::open_labelled(spec, &Labels { expected: expected_classes, ..Labels::default() }, per_class, seed)
+    }
+
+    /// As [`Source::open`], with labels read as `labels` says. For `synth`
+    /// the generator's own classes are the labels and must match.
+    pub fn open_labelled(spec: &Path, labels: &Labels, per_class: Option<usize>, seed: u64) -> Result<Source> {
         let text = spec.to_string_lossy();
         if !spec.exists() && (text == "synth" || text.starts_with("synth:")) {
-            use crate::synth::{Split, SynthConfig, NUM_CLASSES};
+            use crate::synth::{Split, SynthConfig, CLASSES, NUM_CLASSES};
             let split: Split = match text.strip_prefix("synth:") {
                 Some(name) => name.parse().map_err(anyhow::Error::msg)?,
                 None => Split::Val,
             };
-            if let Some(k) = expected_classes.filter(|&k| k != NUM_CLASSES) {
+            if let Some(k) = labels.expected.filter(|&k| k != NUM_CLASSES) {
                 bail!("the synthetic benchmark has {NUM_CLASSES} classes but the model outputs {k}");
+            }
+            if let Some(cats) = labels.categories.as_ref().filter(|c| c.iter().map(String::as_str).ne(CLASSES)) {
+                bail!("{text}: the synthetic benchmark's classes ({}) are not this dataset's ({})", CLASSES.join(", "), abbreviate(cats));
             }
             let count = (per_class.unwrap_or(50) * NUM_CLASSES) as u32;
             return Ok(Source::Synth { cfg: SynthConfig { seed, ..SynthConfig::default() }, split, count });
         }
-        let mut folder = ImageFolder::open(spec, expected_classes)?;
+        let mut folder = ImageFolder::open_labelled(spec, labels)?;
         if let Some(n) = per_class {
             folder.stratified_subset(n, seed);
         }
         Ok(Source::Folder(folder))
+    }
+
+    /// Class names in label order.
+    pub fn classes(&self) -> Vec<String> {
+        match self {
+            Source::Folder(f) => f.classes.clone(),
+            Source::Synth { .. } => crate::synth::CLASSES.iter().map(|c| c.to_string()).collect(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -178,20 +233,32 @@ impl Source {
         }
     }
 
-    /// Decodes (or renders) sample `i` through the pipeline; returns its label.
-    pub fn load_into(&self, i: usize, pipeline: &Pipeline, out: &mut [f32]) -> Result<u16> {
+    /// Decodes (or renders) sample `i` and cuts the pipeline's centre crop:
+    /// the image the model sees, before normalisation (where corruptions and
+    /// pixel-space attacks act).
+    pub fn load_crop(&self, i: usize, pipeline: &Pipeline) -> Result<(image::RgbImage, Loaded)> {
         match self {
             Source::Folder(f) => {
                 let s = &f.samples[i];
-                load_into(&f.path(s), pipeline, out)?;
-                Ok(s.label)
+                let path = f.path(s);
+                let crop = center_crop(&decode(&path)?, pipeline).with_context(|| format!("image {}", path.display()))?;
+                Ok((crop, Loaded { label: s.label, cue: s.cue }))
             }
             Source::Synth { cfg, split, .. } => {
                 let img = crate::synth::render(cfg, *split, i as u32);
-                preprocess(&img.image, pipeline, out).with_context(|| self.name(i))?;
-                Ok(img.label)
+                let crop = center_crop(&img.image, pipeline).with_context(|| self.name(i))?;
+                // Home textures 0..16 carry their class's index.
+                let cue = (*split == crate::synth::Split::CueConflict).then_some(img.texture);
+                Ok((crop, Loaded { label: img.label, cue }))
             }
         }
+    }
+
+    /// Decodes (or renders) sample `i` through the whole pipeline into `out`.
+    pub fn load_into(&self, i: usize, pipeline: &Pipeline, out: &mut [f32]) -> Result<Loaded> {
+        let (crop, loaded) = self.load_crop(i, pipeline)?;
+        normalise(&crop, pipeline, out)?;
+        Ok(loaded)
     }
 
     /// Same fingerprint ⇒ same images in the same order.
@@ -224,6 +291,29 @@ impl Source {
     }
 }
 
+/// The texture category of a cue-conflict file, checked against its folder.
+fn cue_of(root: &Path, folder: &str, file: &str, categories: &[String]) -> Result<u16> {
+    let path = || root.join(folder).join(file).display().to_string();
+    let (shape, texture) = crate::benchmark::parse_cue_conflict(file).with_context(|| {
+        format!("{}: a cue-conflict file name must end in <shape><n>-<texture><m>.<ext> (e.g. dog10-bird2.png)", path())
+    })?;
+    if shape != folder {
+        bail!("{}: the file name says shape {shape:?} but it lies in folder {folder:?}", path());
+    }
+    categories.iter().position(|c| c == texture).map(|i| i as u16).with_context(|| {
+        format!("{}: texture {texture:?} is not one of the {} categories ({})", path(), categories.len(), abbreviate(categories))
+    })
+}
+
+/// A long list (ImageNet-R's 200 wnids) in an error message, shortened.
+fn abbreviate(items: &[String]) -> String {
+    if items.len() <= 20 {
+        items.join(", ")
+    } else {
+        format!("{}, … {}", items[..8].join(", "), items[items.len() - 1])
+    }
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -233,26 +323,40 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
     Ok((hex(&Sha256::digest(&bytes)), bytes.len() as u64))
 }
 
-/// Decodes an image file and applies the pipeline, writing CHW f32 into `out`
-/// (length 3·crop²). Errors name the file.
-pub fn load_into(path: &Path, pipeline: &Pipeline, out: &mut [f32]) -> Result<()> {
-    let img = image::ImageReader::open(path)
+/// What a loaded sample is labelled with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loaded {
+    pub label: u16,
+    /// Texture category of a cue-conflict image.
+    pub cue: Option<u16>,
+}
+
+/// Decodes an image file to RGB; errors name the file.
+pub fn decode(path: &Path) -> Result<image::RgbImage> {
+    Ok(image::ImageReader::open(path)
         .with_context(|| format!("cannot open image {}", path.display()))?
         .with_guessed_format()
         .with_context(|| format!("cannot read image {}", path.display()))?
         .decode()
         .with_context(|| format!("image {} does not decode", path.display()))?
-        .to_rgb8();
-    preprocess(&img, pipeline, out).with_context(|| format!("image {}", path.display()))
+        .to_rgb8())
+}
+
+/// Decodes an image file and applies the pipeline, writing CHW f32 into `out`
+/// (length 3·crop²). Errors name the file.
+pub fn load_into(path: &Path, pipeline: &Pipeline, out: &mut [f32]) -> Result<()> {
+    preprocess(&decode(path)?, pipeline, out).with_context(|| format!("image {}", path.display()))
 }
 
 /// torchvision order: `Resize(shorter)` → `CenterCrop(crop)` → `ToTensor` → `Normalize`.
 pub fn preprocess(img: &image::RgbImage, p: &Pipeline, out: &mut [f32]) -> Result<()> {
+    normalise(&center_crop(img, p)?, p, out)
+}
+
+/// `Resize(shorter)` → `CenterCrop(crop)`, as torchvision does them on PIL images.
+pub fn center_crop(img: &image::RgbImage, p: &Pipeline) -> Result<image::RgbImage> {
     let (w, h) = img.dimensions();
     let crop = p.crop;
-    if out.len() != 3 * (crop * crop) as usize {
-        bail!("output buffer holds {} values, pipeline crop {crop} needs {}", out.len(), 3 * crop * crop);
-    }
     if w == 0 || h == 0 {
         bail!("image is empty ({w}×{h})");
     }
@@ -275,14 +379,19 @@ pub fn preprocess(img: &image::RgbImage, p: &Pipeline, out: &mut [f32]) -> Resul
     // torchvision: top = int(round((h − crop) / 2)), and Python rounds half to even.
     let top = ((nh - crop) as f64 / 2.0).round_ties_even() as u32;
     let left = ((nw - crop) as f64 / 2.0).round_ties_even() as u32;
-    let plane = (crop * crop) as usize;
-    for y in 0..crop {
-        for x in 0..crop {
-            let px = src.get_pixel(left + x, top + y).0;
-            let i = (y * crop + x) as usize;
-            for c in 0..3 {
-                out[c * plane + i] = (px[c] as f32 / 255.0 - p.mean[c]) / p.std[c];
-            }
+    Ok(image::imageops::crop_imm(src, left, top, crop, crop).to_image())
+}
+
+/// `ToTensor` → `Normalize` of a crop, into CHW f32 `out` (length 3·crop²).
+pub fn normalise(img: &image::RgbImage, p: &Pipeline, out: &mut [f32]) -> Result<()> {
+    let (w, h) = img.dimensions();
+    if (w, h) != (p.crop, p.crop) || out.len() != 3 * (w * h) as usize {
+        bail!("normalise: a {w}×{h} image into {} values, pipeline crop {} needs {}", out.len(), p.crop, 3 * p.crop * p.crop);
+    }
+    let plane = (w * h) as usize;
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = (px.0[c] as f32 / 255.0 - p.mean[c]) / p.std[c];
         }
     }
     Ok(())

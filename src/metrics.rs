@@ -346,15 +346,25 @@ fn quantile_sorted(xs: &[f64], q: f64) -> f64 {
 /// interval on both. NaN bounds if n or reps is 0 or any resample's
 /// statistic is NaN (as `np.percentile` would).
 pub fn bootstrap_ci(n: usize, reps: usize, seed: u64, mut stat: impl FnMut(&[usize]) -> f64) -> (f64, f64) {
-    if n == 0 || reps == 0 {
+    bootstrap_ci_sets(&[n], reps, seed, |ix| stat(&ix[0]))
+}
+
+/// [`bootstrap_ci`] for a statistic of several independent samples (a
+/// shifted set's accuracy relative to the clean one): each resample redraws
+/// every set from one stream, set after set, so one set reproduces
+/// `bootstrap_ci` exactly.
+pub fn bootstrap_ci_sets(sizes: &[usize], reps: usize, seed: u64, mut stat: impl FnMut(&[Vec<usize>]) -> f64) -> (f64, f64) {
+    if sizes.is_empty() || sizes.contains(&0) || reps == 0 {
         return (f64::NAN, f64::NAN);
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut idx = vec![0usize; n];
+    let mut idx: Vec<Vec<usize>> = sizes.iter().map(|&n| vec![0usize; n]).collect();
     let mut vals = Vec::with_capacity(reps);
     for _ in 0..reps {
-        for slot in idx.iter_mut() {
-            *slot = rng.gen_range(0..n as u64) as usize;
+        for (set, &n) in idx.iter_mut().zip(sizes) {
+            for slot in set.iter_mut() {
+                *slot = rng.gen_range(0..n as u64) as usize;
+            }
         }
         vals.push(stat(&idx));
     }
@@ -364,6 +374,25 @@ pub fn bootstrap_ci(n: usize, reps: usize, seed: u64, mut stat: impl FnMut(&[usi
     vals.sort_by(|a, b| a.total_cmp(b));
     // 2.5/100 and 97.5/100 as np.percentile forms them (q / 100).
     (quantile_sorted(&vals, 2.5 / 100.0), quantile_sorted(&vals, 97.5 / 100.0))
+}
+
+/// Shape bias on cue-conflict decisions (PROTOCOL.md, dimension 8): images
+/// whose shape and texture categories agree are dropped; of the rest, the
+/// fraction of shape decisions among shape-or-texture decisions. Returns
+/// (shape bias, shape hits, texture hits, images kept); the bias is NaN when
+/// no decision hit either cue.
+pub fn shape_bias(shape: &[u16], texture: &[u16], prediction: &[u16]) -> (f64, usize, usize, usize) {
+    let (mut s, mut t, mut kept) = (0, 0, 0);
+    for ((&a, &b), &p) in shape.iter().zip(texture).zip(prediction) {
+        if a == b {
+            continue;
+        }
+        kept += 1;
+        s += (p == a) as usize;
+        t += (p == b) as usize;
+    }
+    let bias = if s + t == 0 { f64::NAN } else { s as f64 / (s + t) as f64 };
+    (bias, s, t, kept)
 }
 
 /// 1-based ranks with ties given their average rank (scipy's `rankdata`

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// Bumped whenever a message layout changes incompatibly. Adding a variant at
 /// the end of an enum is compatible (postcard writes the discriminant as a
 /// varint), so old logs stay readable by newer hosts.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// ImageNet-1k is the widest label space the study uses.
 pub const MAX_CLASSES: usize = 1000;
@@ -203,8 +203,11 @@ pub struct Header {
     pub batch: u32,
     pub threads: u32,
     pub probes: Vec<ProbeSet>,
-    /// Whether records of each probe carry the full probability vector.
+    /// Whether records of every probe (not only `clean`) carry the model's
+    /// full probability vector, so the host can recompute mapped decisions.
     pub full_probs: bool,
+    /// How the shifted datasets' labels relate to the model's classes.
+    pub mapping: crate::benchmark::Mapping,
 }
 
 /// One model decision on one probe of one sample.
@@ -219,6 +222,8 @@ pub struct Record {
     pub confidence: f32,
     /// Probability of the true class; class balance needs it on every probe.
     pub p_true: f32,
+    /// Texture category of a cue-conflict image; shape bias needs it.
+    pub cue: Option<u16>,
     /// Full softmax vector, exactly as computed (f32, lossless), where the
     /// metric needs it: always on `clean`, because ACE is class-conditional.
     pub probs: Option<Probs>,
@@ -469,6 +474,7 @@ mod tests {
             prediction: (k - 1) as u16,
             confidence: probs[k - 1],
             p_true: probs[3],
+            cue: None,
             probs: Some(probs),
         }
     }

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 
 use crate::metrics;
-use crate::protocol::{decode_all, DecodeStats, End, Failure, Header, Message, ProbeSet, Record};
+use crate::protocol::{decode_all, DecodeStats, End, Failure, Header, Message, OodSet, ProbeSet, Record};
 use crate::quba::{self, Dimension, Normalisation, Values, Weights};
 use crate::transport::{Manifest, RunStatus, LOG_FILE};
 
@@ -171,17 +171,142 @@ pub fn evaluate(run: &Run, opts: &EvalOptions) -> Result<ModelResult> {
             }
         }
     }
-    let not_run = |what: &str| format!("the run has no {what} records: this version of the device suite runs the clean probe set only");
+    shifted_dimensions(run, opts, &mut res);
+    let not_run = |what: &str| format!("the run has no {what} records: this version of the device suite does not run them yet");
     for (d, what) in [
         (Dimension::AdversarialRobustness, "adversarial/fgsm or adversarial/pgd"),
         (Dimension::CorruptionRobustness, "corruption/*"),
-        (Dimension::OodRobustness, "ood/*"),
-        (Dimension::ObjectFocus, "mixed_same/mixed_rand"),
-        (Dimension::ShapeBias, "cue_conflict"),
     ] {
         res.missing.insert(d, not_run(what));
     }
     Ok(res)
+}
+
+/// One probe set's decisions, in its dataset's label space.
+struct Decisions {
+    label: Vec<u16>,
+    prediction: Vec<u16>,
+    cue: Vec<Option<u16>>,
+}
+
+impl Decisions {
+    /// Where the run kept the model's full vectors, the host decides again
+    /// from them with the same mapping code the device used.
+    fn of(run: &Run, set: ProbeSet) -> Decisions {
+        let decision = run.header.mapping.decision(set);
+        let k = run.header.num_classes as usize;
+        let mut scores = Vec::new();
+        let mut d = Decisions { label: vec![], prediction: vec![], cue: vec![] };
+        for r in run.records_of(set) {
+            let prediction = match &r.probs {
+                Some(p) if p.len() == k => decision.decide(p, r.label, &mut scores).prediction,
+                _ => r.prediction,
+            };
+            d.label.push(r.label);
+            d.prediction.push(prediction);
+            d.cue.push(r.cue);
+        }
+        d
+    }
+
+    fn len(&self) -> usize {
+        self.label.len()
+    }
+
+    fn accuracy(&self, ix: &[usize]) -> f64 {
+        ix.iter().filter(|&&i| self.label[i] == self.prediction[i]).count() as f64 / ix.len() as f64
+    }
+
+    fn all(&self) -> Vec<usize> {
+        (0..self.len()).collect()
+    }
+}
+
+/// OOD robustness, shape bias and object focus: accuracies on shifted sets,
+/// relative to the clean accuracy where PROTOCOL.md says so, each with its
+/// parts and a bootstrap interval over all the sets it uses.
+fn shifted_dimensions(run: &Run, opts: &EvalOptions, res: &mut ModelResult) {
+    let clean = Decisions::of(run, ProbeSet::Clean);
+    let ci = |sets: &[&Decisions], salt: u64, stat: &dyn Fn(&[Vec<usize>]) -> f64| {
+        (opts.bootstrap > 0)
+            .then(|| metrics::bootstrap_ci_sets(&sets.iter().map(|d| d.len()).collect::<Vec<_>>(), opts.bootstrap, opts.seed ^ salt, stat))
+    };
+
+    // OOD robustness: gmean of the five relative accuracies.
+    let ood_sets = [OodSet::Edge, OodSet::Silhouette, OodSet::Sketch, OodSet::Stylized, OodSet::Rendition];
+    let ood: Vec<(OodSet, Decisions)> = ood_sets.iter().map(|&s| (s, Decisions::of(run, ProbeSet::Ood(s)))).collect();
+    let absent: Vec<String> = ood.iter().filter(|(_, d)| d.len() == 0).map(|(s, _)| ProbeSet::Ood(*s).name()).collect();
+    for (s, d) in ood.iter().filter(|(_, d)| d.len() > 0) {
+        let name = ProbeSet::Ood(*s).name().replace('/', "_");
+        res.parts.insert(format!("{name}_accuracy"), d.accuracy(&d.all()));
+        if clean.len() > 0 {
+            res.parts.insert(format!("{name}_relative"), d.accuracy(&d.all()) / clean.accuracy(&clean.all()));
+        }
+    }
+    let i = Dimension::OodRobustness.index();
+    if clean.len() == 0 {
+        res.missing.insert(Dimension::OodRobustness, "no clean records: relative accuracy needs the clean accuracy".into());
+    } else if !absent.is_empty() {
+        res.missing.insert(Dimension::OodRobustness, format!("the run has no {} records", absent.join(", ")));
+    } else {
+        let mut sets: Vec<&Decisions> = vec![&clean];
+        sets.extend(ood.iter().map(|(_, d)| d));
+        let stat = |ix: &[Vec<usize>]| {
+            let base = clean.accuracy(&ix[0]);
+            metrics::gmean(&ood.iter().zip(&ix[1..]).map(|((_, d), ix)| d.accuracy(ix) / base).collect::<Vec<_>>())
+        };
+        let all: Vec<Vec<usize>> = sets.iter().map(|d| d.all()).collect();
+        res.values[i] = Some(stat(&all));
+        res.samples[i] = Some(ood.iter().map(|(_, d)| d.len()).sum());
+        res.intervals[i] = ci(&sets, 11, &stat);
+    }
+
+    // Shape bias: shape hits / (shape + texture hits), agreeing cues dropped.
+    let cc = Decisions::of(run, ProbeSet::CueConflict);
+    let i = Dimension::ShapeBias.index();
+    if cc.len() == 0 {
+        res.missing.insert(Dimension::ShapeBias, "the run has no cue_conflict records".into());
+    } else if cc.cue.iter().any(Option::is_none) {
+        res.missing.insert(Dimension::ShapeBias, "cue_conflict records without a texture category".into());
+    } else {
+        let texture: Vec<u16> = cc.cue.iter().map(|c| c.unwrap_or_default()).collect();
+        let bias_of = |ix: &[usize]| {
+            let pick = |v: &[u16]| ix.iter().map(|&j| v[j]).collect::<Vec<_>>();
+            metrics::shape_bias(&pick(&cc.label), &pick(&texture), &pick(&cc.prediction))
+        };
+        let (bias, s, t, kept) = bias_of(&cc.all());
+        res.parts.insert("shape_hits_fraction".into(), s as f64 / kept.max(1) as f64);
+        res.parts.insert("texture_hits_fraction".into(), t as f64 / kept.max(1) as f64);
+        res.parts.insert("cue_conflict_kept".into(), kept as f64);
+        if bias.is_nan() {
+            res.missing.insert(Dimension::ShapeBias, format!("none of {kept} cue-conflict decisions matched the shape or the texture"));
+        } else {
+            res.values[i] = Some(bias);
+            res.samples[i] = Some(kept);
+            res.intervals[i] = ci(&[&cc], 12, &|ix: &[Vec<usize>]| bias_of(&ix[0]).0);
+        }
+    }
+
+    // Object focus: 1 − (acc_same − acc_rand) / clean accuracy.
+    let same = Decisions::of(run, ProbeSet::MixedSame);
+    let rand = Decisions::of(run, ProbeSet::MixedRand);
+    for (name, d) in [("mixed_same_accuracy", &same), ("mixed_rand_accuracy", &rand)] {
+        if d.len() > 0 {
+            res.parts.insert(name.into(), d.accuracy(&d.all()));
+        }
+    }
+    let i = Dimension::ObjectFocus.index();
+    if same.len() == 0 || rand.len() == 0 {
+        res.missing.insert(Dimension::ObjectFocus, "the run has no mixed_same and mixed_rand records".into());
+    } else if clean.len() == 0 {
+        res.missing.insert(Dimension::ObjectFocus, "no clean records: object focus is relative to the clean accuracy".into());
+    } else {
+        let stat = |ix: &[Vec<usize>]| 1.0 - (same.accuracy(&ix[1]) - rand.accuracy(&ix[2])) / clean.accuracy(&ix[0]);
+        let all = [clean.all(), same.all(), rand.all()];
+        res.values[i] = Some(stat(&all));
+        res.samples[i] = Some(same.len() + rand.len());
+        res.intervals[i] = ci(&[&clean, &same, &rand], 13, &stat);
+    }
 }
 
 pub struct Report {

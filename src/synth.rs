@@ -183,12 +183,12 @@ impl Split {
         match self {
             Split::Train => "train",
             Split::Val => "val",
-            Split::Edge => "ood/edge",
-            Split::Silhouette => "ood/silhouette",
-            Split::Sketch => "ood/sketch",
-            Split::Stylized => "ood/stylized",
+            Split::Edge => "model-vs-human/edge",
+            Split::Silhouette => "model-vs-human/silhouette",
+            Split::Sketch => "model-vs-human/sketch",
+            Split::Stylized => "model-vs-human/stylized",
             Split::Rendition => "rendition",
-            Split::CueConflict => "cue-conflict",
+            Split::CueConflict => "model-vs-human/cue-conflict",
             Split::MixedSame => "bg_challenge/mixed_same/val",
             Split::MixedRand => "bg_challenge/mixed_rand/val",
         }
@@ -1345,16 +1345,7 @@ mod tests {
 
     /// Splits a model-vs-human cue-conflict name `…<shape><n>-<texture><m>.png`
     /// into the two class names, as a loader of the real set would.
-    fn parse_cue_conflict(name: &str) -> Option<(String, String)> {
-        let stem = name.strip_suffix(".png")?;
-        let (left, right) = stem.rsplit_once('-')?;
-        let left = left.rsplit('_').next()?;
-        let class = |s: &str| -> Option<String> {
-            let letters = s.trim_end_matches(|c: char| c.is_ascii_digit());
-            (letters.len() < s.len() && !letters.is_empty()).then(|| letters.to_string())
-        };
-        Some((class(left)?, class(right)?))
-    }
+    use crate::benchmark::parse_cue_conflict;
 
     #[test]
     fn classes_sorted_and_parseable() {
@@ -1449,7 +1440,7 @@ mod tests {
             }
         }
         // The brief's example name parses the same way.
-        assert_eq!(parse_cue_conflict("0007_star3-ring1.png"), Some(("star".into(), "ring".into())));
+        assert_eq!(parse_cue_conflict("0007_star3-ring1.png"), Some(("star", "ring")));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use quba_edge::quba::{self, Dimension, Normalisation, Weights};
 use quba_edge::report::{self, EvalOptions, Run};
-use quba_edge::suite::{run_device, DeviceArgs, RunArgs};
+use quba_edge::suite::{run_device, DeviceArgs, RunArgs, SuiteArgs};
 use quba_edge::transport::{self, ingest, Manifest};
 
 #[derive(Parser)]
@@ -142,22 +142,8 @@ struct EvalArgs {
     /// zoo (models/zoo, fp32 and int8).
     #[arg(long = "model")]
     models: Vec<PathBuf>,
-    /// ImageFolder dataset, or `synth` for the synthetic benchmark rendered in memory
-    /// (default, with 50 images per class).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Input pipeline for every model: `imagenet` or a JSON file (default: each model's sidecar).
-    #[arg(long)]
-    pipeline: Option<String>,
-    #[arg(long)]
-    per_class: Option<usize>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
-    /// Benchmark name recorded in every run (`imagenet` selects paper normalisation).
-    #[arg(long)]
-    benchmark: Option<String>,
+    #[command(flatten)]
+    suite: SuiteArgs,
     /// Where run directories are created.
     #[arg(long, default_value = "runs")]
     runs_dir: PathBuf,
@@ -281,11 +267,8 @@ fn shipped(rel: &str) -> PathBuf {
 }
 
 /// The embedded default: the zoo trained on the synthetic benchmark, which the
-/// device renders in memory (no dataset on disk), 50 images per class.
+/// device renders in memory (no dataset on disk; `SuiteArgs::data`'s default).
 const DEFAULT_ZOO: &str = "models/zoo";
-const DEFAULT_DATA: &str = "synth";
-const DEFAULT_PER_CLASS: usize = 50;
-const DEFAULT_BENCHMARK: &str = "synth";
 
 fn zoo_models() -> Result<Vec<PathBuf>> {
     let dir = shipped(DEFAULT_ZOO);
@@ -320,27 +303,13 @@ fn device_command(a: &EvalArgs) -> Result<Vec<String>> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let weights = a.scoring.weights()?;
-    let defaulted = a.models.is_empty() && a.data.is_none();
     let models = if a.models.is_empty() { zoo_models()? } else { a.models.clone() };
-    let data = a.data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA));
-    let per_class = a.per_class.or(defaulted.then_some(DEFAULT_PER_CLASS));
-    let benchmark = a.benchmark.clone().unwrap_or_else(|| if defaulted { DEFAULT_BENCHMARK } else { "custom" }.into());
     let base = device_command(&a)?;
     let mut dirs = Vec::new();
     for model in &models {
         let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
         let dir = transport::run_dir_for(&a.runs_dir, &stem);
-        let run = RunArgs {
-            model: model.clone(),
-            data: data.clone(),
-            pipeline: a.pipeline.clone(),
-            per_class,
-            seed: a.seed,
-            batch: a.batch,
-            benchmark: benchmark.clone(),
-            run_id: None,
-            pause_ms: 0,
-        };
+        let run = RunArgs { model: model.clone(), suite: a.suite.clone(), run_id: None, pause_ms: 0 };
         let mut child = Command::new(&base[0])
             .args(&base[1..])
             .args(run.to_args())

@@ -1,0 +1,338 @@
+//! What a benchmark is, beyond its clean images: which label space each probe
+//! set's dataset uses and how a model's class vector becomes a decision in
+//! it. The metric code never asks which benchmark it is looking at; it sees
+//! decisions already made here (on the device, so a record stays small).
+//!
+//! Two mappings exist:
+//! - [`Mapping::ImageNet`]: a 1000-class ImageNet model on the real datasets
+//!   of PROTOCOL.md (model-vs-human 16 categories by the mean of member-class
+//!   probabilities, ImageNet-R by restricting to its 200 classes, ImageNet-9
+//!   through `in_to_in9.json`). The tables are the study's, embedded from
+//!   `data/reference/` so a board needs no extra file.
+//! - [`Mapping::Identity`]: the model's classes are every dataset's classes
+//!   (the synthetic benchmark, a private dataset).
+
+use std::sync::OnceLock;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{OodSet, ProbeSet};
+
+/// `Record::prediction` of a model whose top class lies outside the dataset's
+/// label space (an ImageNet class that `in_to_in9.json` maps to -1): wrong by
+/// construction, as in the study.
+pub const NO_CLASS: u16 = u16::MAX;
+
+const WNIDS: &str = include_str!("../data/reference/imagenet1k_wnids.txt");
+const SIXTEEN: &str = include_str!("../data/reference/sixteen_class_mapping.json");
+const IMAGENET_R: &str = include_str!("../data/reference/imagenet_r_wnids.txt");
+const IN_TO_IN9: &str = include_str!("../data/reference/in_to_in9.json");
+
+/// The study's mapping tables, parsed once.
+pub struct ImageNetTables {
+    pub wnids: Vec<String>,
+    /// The 16 model-vs-human categories, sorted (= folder order).
+    pub categories: Vec<String>,
+    /// ImageNet class indices of each category, same order as `categories`.
+    pub members: Vec<Vec<u16>>,
+    /// ImageNet-R's 200 wnids, sorted (= folder order).
+    pub imagenet_r_wnids: Vec<String>,
+    /// ImageNet class index of each ImageNet-R class, same order.
+    pub imagenet_r_indices: Vec<u16>,
+    /// ImageNet class index → ImageNet-9 class, -1 outside ImageNet-9.
+    pub in_to_in9: Vec<i16>,
+}
+
+pub const IN9_CLASSES: usize = 9;
+
+pub fn imagenet_tables() -> &'static ImageNetTables {
+    static T: OnceLock<ImageNetTables> = OnceLock::new();
+    T.get_or_init(|| parse_tables().expect("embedded data/reference tables are valid (checked by tests)"))
+}
+
+fn parse_tables() -> Result<ImageNetTables> {
+    let wnids: Vec<String> = WNIDS.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    if wnids.len() != 1000 {
+        bail!("imagenet1k_wnids.txt has {} lines, expected 1000", wnids.len());
+    }
+    #[derive(Deserialize)]
+    struct Sixteen {
+        categories: Vec<String>,
+        imagenet_indices: std::collections::BTreeMap<String, Vec<u16>>,
+    }
+    let s: Sixteen = serde_json::from_str(SIXTEEN)?;
+    let members = s
+        .categories
+        .iter()
+        .map(|c| s.imagenet_indices.get(c).cloned().ok_or_else(|| anyhow::anyhow!("no indices for category {c}")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut imagenet_r_wnids: Vec<String> =
+        IMAGENET_R.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    imagenet_r_wnids.sort();
+    let imagenet_r_indices = imagenet_r_wnids
+        .iter()
+        .map(|w| wnids.iter().position(|x| x == w).map(|i| i as u16).ok_or_else(|| anyhow::anyhow!("{w} is no ImageNet wnid")))
+        .collect::<Result<Vec<_>>>()?;
+    let map: std::collections::BTreeMap<String, i16> = serde_json::from_str(IN_TO_IN9)?;
+    let mut in_to_in9 = vec![-1i16; 1000];
+    for (k, v) in map {
+        let i: usize = k.parse()?;
+        *in_to_in9.get_mut(i).ok_or_else(|| anyhow::anyhow!("in_to_in9 key {i} ≥ 1000"))? = v;
+    }
+    Ok(ImageNetTables { wnids, categories: s.categories, members, imagenet_r_wnids, imagenet_r_indices, in_to_in9 })
+}
+
+/// How a benchmark's datasets relate to the model's classes; recorded in the
+/// run header so the host can recompute decisions from stored full vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mapping {
+    Identity,
+    #[serde(rename = "imagenet")]
+    ImageNet,
+}
+
+impl Mapping {
+    /// The benchmark's own description decides: the study's datasets need the
+    /// study's mappings; everything else is labelled in the model's classes.
+    pub fn for_benchmark(name: &str) -> Mapping {
+        if name == "imagenet" {
+            Mapping::ImageNet
+        } else {
+            Mapping::Identity
+        }
+    }
+
+    pub fn decision(self, set: ProbeSet) -> Decision {
+        match self {
+            Mapping::Identity => Decision::Identity,
+            Mapping::ImageNet => match set {
+                ProbeSet::Ood(OodSet::Rendition) => Decision::Restrict(&imagenet_tables().imagenet_r_indices),
+                ProbeSet::Ood(_) | ProbeSet::CueConflict => Decision::MeanOfMembers(&imagenet_tables().members),
+                ProbeSet::MixedSame | ProbeSet::MixedRand => Decision::Lookup(&imagenet_tables().in_to_in9, IN9_CLASSES),
+                ProbeSet::Clean | ProbeSet::Corruption { .. } | ProbeSet::Adversarial(_) => Decision::Identity,
+            },
+        }
+    }
+
+    /// Folder names a dataset of `set` must use, in label order, where the
+    /// mapping fixes them; `None` means "the folders in sorted order".
+    pub fn categories(self, set: ProbeSet, clean_classes: &[String]) -> Option<Vec<String>> {
+        match (self, self.decision(set)) {
+            (Mapping::Identity, _) => Some(clean_classes.to_vec()),
+            (_, Decision::MeanOfMembers(_)) => Some(imagenet_tables().categories.clone()),
+            (_, Decision::Restrict(_)) => Some(imagenet_tables().imagenet_r_wnids.clone()),
+            // ImageNet-9 folder names vary between releases (`00_dog`, `0_dog`);
+            // the study takes the nine folders in sorted order.
+            (_, Decision::Lookup(..)) => None,
+            (_, Decision::Identity) => Some(clean_classes.to_vec()),
+        }
+    }
+
+    /// How many label folders a dataset of `set` must have when `categories`
+    /// does not name them.
+    pub fn expected_folders(self, set: ProbeSet) -> Option<usize> {
+        match self.decision(set) {
+            Decision::Lookup(_, k) => Some(k),
+            _ => None,
+        }
+    }
+}
+
+/// A model's decision in a dataset's label space.
+#[derive(Clone, Copy, Debug)]
+pub enum Decision {
+    /// The dataset's classes are the model's.
+    Identity,
+    /// Category score = mean of the member classes' probabilities (not max,
+    /// not sum: the study's and model-vs-human's rule), then argmax.
+    MeanOfMembers(&'static [Vec<u16>]),
+    /// Only these classes' logits compete (ImageNet-R); the label is the
+    /// position in the list.
+    Restrict(&'static [u16]),
+    /// Model class → dataset class, -1 = none; the top model class decides.
+    Lookup(&'static [i16], usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Decided {
+    /// Dataset class, or [`NO_CLASS`].
+    pub prediction: u16,
+    /// Score of the predicted dataset class.
+    pub confidence: f32,
+    /// Score of the true dataset class.
+    pub p_true: f32,
+}
+
+impl Decision {
+    /// Number of dataset classes, given the model's.
+    pub fn classes(&self, model_classes: usize) -> usize {
+        match self {
+            Decision::Identity => model_classes,
+            Decision::MeanOfMembers(m) => m.len(),
+            Decision::Restrict(r) => r.len(),
+            Decision::Lookup(_, k) => *k,
+        }
+    }
+
+    /// Checks once per run that the model's class vector fits the mapping.
+    pub fn check_model(&self, model_classes: usize, set: ProbeSet) -> Result<()> {
+        let need = match self {
+            Decision::Identity => return Ok(()),
+            Decision::MeanOfMembers(m) => m.iter().flatten().map(|&i| i as usize + 1).max().unwrap_or(0),
+            Decision::Restrict(r) => r.iter().map(|&i| i as usize + 1).max().unwrap_or(0),
+            Decision::Lookup(t, _) => t.len(),
+        };
+        if model_classes < need {
+            bail!(
+                "{}: the ImageNet mapping needs a model with 1000 output classes, this one has {model_classes}; \
+                 use --benchmark custom (identity mapping) for a model trained on the dataset's own classes",
+                set.name()
+            );
+        }
+        Ok(())
+    }
+
+    /// Maps softmax probabilities `probs` (model classes) to a decision for a
+    /// sample of dataset class `label`; `scores` receives the dataset-class
+    /// scores (mean probabilities, renormalised restricted probabilities, or
+    /// summed probabilities per ImageNet-9 class).
+    pub fn decide(&self, probs: &[f32], label: u16, scores: &mut Vec<f32>) -> Decided {
+        scores.clear();
+        let pick = |scores: &[f32]| -> Decided {
+            let p = crate::metrics::argmax(scores);
+            Decided { prediction: p as u16, confidence: scores[p], p_true: scores.get(label as usize).copied().unwrap_or(0.0) }
+        };
+        match self {
+            Decision::Identity => {
+                scores.extend_from_slice(probs);
+                pick(scores)
+            }
+            Decision::MeanOfMembers(members) => {
+                // Sum in f64 so the mean does not depend on member order.
+                scores.extend(
+                    members
+                        .iter()
+                        .map(|m| (m.iter().map(|&i| probs[i as usize] as f64).sum::<f64>() / m.len() as f64) as f32),
+                );
+                pick(scores)
+            }
+            Decision::Restrict(classes) => {
+                let total: f64 = classes.iter().map(|&i| probs[i as usize] as f64).sum();
+                // Softmax is monotone, so argmax over restricted probabilities is
+                // argmax over restricted logits; renormalising makes the score the
+                // softmax over those logits alone.
+                scores.extend(classes.iter().map(|&i| (probs[i as usize] as f64 / total) as f32));
+                pick(scores)
+            }
+            Decision::Lookup(table, k) => {
+                scores.resize(*k, 0.0);
+                for (i, &p) in probs.iter().enumerate() {
+                    if let Some(&c) = table.get(i).filter(|&&c| c >= 0) {
+                        scores[c as usize] += p;
+                    }
+                }
+                let top = crate::metrics::argmax(probs);
+                let mapped = table.get(top).copied().unwrap_or(-1);
+                let p_true = scores.get(label as usize).copied().unwrap_or(0.0);
+                if mapped < 0 {
+                    Decided { prediction: NO_CLASS, confidence: probs[top], p_true }
+                } else {
+                    Decided { prediction: mapped as u16, confidence: probs[top], p_true }
+                }
+            }
+        }
+    }
+}
+
+/// Splits a model-vs-human cue-conflict file name `…<shape><n>-<texture><m>.<ext>`
+/// (e.g. `airplane1-bicycle2.png`, `0007_dog10-bird2.png`) into the shape and
+/// texture category names.
+pub fn parse_cue_conflict(file_name: &str) -> Option<(&str, &str)> {
+    let stem = file_name.rsplit_once('.').map(|(s, _)| s).unwrap_or(file_name);
+    let (left, right) = stem.rsplit_once('-')?;
+    let left = left.rsplit('_').next()?;
+    let strip = |s: &str| -> Option<usize> {
+        let letters = s.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+        (letters > 0 && letters < s.len()).then_some(letters)
+    };
+    let (l, r) = (strip(left)?, strip(right)?);
+    Some((&left[..l], &right[..r]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_tables_parse_and_match_the_protocol() {
+        let t = imagenet_tables();
+        assert_eq!(t.categories.len(), 16);
+        let mut sorted = t.categories.clone();
+        sorted.sort();
+        assert_eq!(sorted, t.categories, "categories must be in folder (sorted) order");
+        assert_eq!(t.members.iter().map(Vec::len).sum::<usize>(), 207, "PROTOCOL.md: 207 indices in all");
+        assert_eq!(t.imagenet_r_indices.len(), 200);
+        assert!(t.imagenet_r_indices.windows(2).all(|w| w[0] < w[1]), "sorted wnids ⇒ increasing ImageNet indices");
+        assert_eq!((0..9).filter(|k| t.in_to_in9.contains(k)).count(), 9, "every ImageNet-9 class has members");
+        assert!(t.in_to_in9.iter().all(|&c| (-1..9).contains(&c)));
+        assert_eq!(t.wnids[0], "n01440764");
+    }
+
+    #[test]
+    fn mean_not_max_decides_a_category() {
+        // bear has 4 members; airplane 1 (index 404). One bear class at 0.3,
+        // airplane at 0.2: max would say bear (0.3 > 0.2), mean says airplane
+        // (0.2 > 0.075).
+        let mut probs = vec![0.0f32; 1000];
+        probs[294] = 0.3;
+        probs[404] = 0.2;
+        let mut s = Vec::new();
+        let d = Mapping::ImageNet.decision(ProbeSet::Ood(OodSet::Edge)).decide(&probs, 0, &mut s);
+        assert_eq!(d.prediction, 0, "airplane is category 0");
+        assert!((d.confidence - 0.2).abs() < 1e-7);
+        assert!((s[1] - 0.075).abs() < 1e-7, "bear = mean of its 4 members");
+    }
+
+    #[test]
+    fn in9_unmapped_top_class_is_wrong() {
+        let t = imagenet_tables();
+        let unmapped = t.in_to_in9.iter().position(|&c| c < 0).unwrap();
+        let mut probs = vec![0.0f32; 1000];
+        probs[unmapped] = 0.9;
+        let mut s = Vec::new();
+        let d = Mapping::ImageNet.decision(ProbeSet::MixedRand).decide(&probs, 0, &mut s);
+        assert_eq!(d.prediction, NO_CLASS);
+    }
+
+    #[test]
+    fn restriction_ignores_classes_outside_imagenet_r() {
+        let t = imagenet_tables();
+        let outside = (0..1000u16).find(|i| !t.imagenet_r_indices.contains(i)).unwrap();
+        let mut probs = vec![0.0f32; 1000];
+        probs[outside as usize] = 0.9;
+        probs[t.imagenet_r_indices[7] as usize] = 0.05;
+        probs[t.imagenet_r_indices[3] as usize] = 0.05 - 1e-4;
+        let mut s = Vec::new();
+        let d = Mapping::ImageNet.decision(ProbeSet::Ood(OodSet::Rendition)).decide(&probs, 7, &mut s);
+        assert_eq!(d.prediction, 7);
+        assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn cue_conflict_names() {
+        assert_eq!(parse_cue_conflict("airplane1-bicycle2.png"), Some(("airplane", "bicycle")));
+        assert_eq!(parse_cue_conflict("0007_dog10-bird2.png"), Some(("dog", "bird")));
+        assert_eq!(parse_cue_conflict("dog-bird2.png"), None, "the shape needs its instance number");
+        assert_eq!(parse_cue_conflict("dog10_bird2.png"), None, "no '-' between shape and texture");
+        assert_eq!(parse_cue_conflict("10-2.png"), None);
+    }
+
+    #[test]
+    fn a_small_model_cannot_use_the_imagenet_mapping() {
+        let e = Mapping::ImageNet.decision(ProbeSet::CueConflict).check_model(16, ProbeSet::CueConflict).unwrap_err();
+        assert!(format!("{e}").contains("1000 output classes"), "{e}");
+        Mapping::Identity.decision(ProbeSet::CueConflict).check_model(16, ProbeSet::CueConflict).unwrap();
+    }
+}

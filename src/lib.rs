@@ -8,6 +8,7 @@
 //! build everywhere (the device needs softmax and argmax).
 
 pub mod benchmark;
+pub mod corrupt;
 pub mod data;
 pub mod engine;
 pub mod metrics;

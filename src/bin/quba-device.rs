@@ -16,11 +16,16 @@ struct Cli {
 enum Cmd {
     /// Evaluate a model on a dataset and stream records (see `quba eval` for the host side).
     Run(DeviceArgs),
+    /// Apply one ImageNet-C corruption to an image or directory (as `quba data corrupt`).
+    Corrupt(quba_edge::corrupt::CorruptArgs),
 }
 
 fn main() {
-    let Cli { cmd: Cmd::Run(args) } = Cli::parse();
-    if let Err(e) = run_device(&args) {
+    let r = match Cli::parse().cmd {
+        Cmd::Run(args) => run_device(&args).map(|_| ()),
+        Cmd::Corrupt(args) => quba_edge::corrupt::run_cli(&args).map(|_| ()),
+    };
+    if let Err(e) = r {
         eprintln!("quba-device: error: {e:#}");
         std::process::exit(1);
     }

@@ -42,7 +42,7 @@ enum Cmd {
     Ingest(IngestArgs),
     /// Wait for a device to connect over TCP and receive its stream.
     Listen(ListenArgs),
-    /// Datasets: write the synthetic benchmark to disk.
+    /// Datasets: write the synthetic benchmark to disk, corrupt images.
     Data {
         #[command(subcommand)]
         cmd: DataCmd,
@@ -64,6 +64,8 @@ enum DataCmd {
     /// Write the synthetic benchmark (16 shape classes with texture and background
     /// shortcuts) in the real datasets' folder layouts.
     Synth(SynthArgs),
+    /// Apply one ImageNet-C corruption at one severity to an image or a directory of images.
+    Corrupt(quba_edge::corrupt::CorruptArgs),
 }
 
 #[derive(Args)]
@@ -235,6 +237,7 @@ fn main() {
         Cmd::Ingest(a) => ingest(std::io::stdin().lock(), &a.run_dir, "stdin", None).map(|m| summary(&a.run_dir, &m)),
         Cmd::Listen(a) => listen(a),
         Cmd::Data { cmd: DataCmd::Synth(a) } => synth(a),
+        Cmd::Data { cmd: DataCmd::Corrupt(a) } => quba_edge::corrupt::run_cli(&a).map(|_| ()),
         Cmd::Device { cmd: DeviceCmd::Run(a) } => run_device(&a).map(|_| ()),
     };
     if let Err(e) = r {

@@ -1,0 +1,39 @@
+//! Images per second per corruption at 224×224 (`cargo bench --bench corrupt`).
+//!
+//! A plain harness, as `benches/stream.rs`: every corruption runs at every
+//! severity on the same synthetic images (the shipped benchmark rendered at
+//! 224 px), median of 5 passes. `scripts/corruption_parity.py --bench` runs
+//! this and times the Python reference on the same images in the same run.
+//! `-- --json` prints one JSON object per corruption instead of the table.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use quba_edge::corrupt::{corrupt, sample_seed, CorruptOptions, Corruption, SEVERITIES};
+use quba_edge::synth::{render, Split, SynthConfig};
+
+fn main() {
+    let json = std::env::args().any(|a| a == "--json");
+    let cfg = SynthConfig { size: 224, ..SynthConfig::default() };
+    let images: Vec<image::RgbImage> = (0..4).map(|i| render(&cfg, Split::Val, i * 37).image).collect();
+    let opts = CorruptOptions::default();
+    for c in Corruption::ALL {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            for (i, img) in images.iter().enumerate() {
+                for s in SEVERITIES {
+                    black_box(corrupt(black_box(img), c, s, sample_seed(0, i as u32, c, s), &opts).unwrap());
+                }
+            }
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let per = times[2] / (images.len() * SEVERITIES.count()) as f64;
+        if json {
+            println!("{}", serde_json::json!({ "corruption": c.name(), "seconds_per_image": per, "images_per_second": 1.0 / per }));
+        } else {
+            println!("{:<18} {:>9.1} images/s  ({:.2} ms/image)", c.name(), 1.0 / per, per * 1e3);
+        }
+    }
+}

@@ -206,6 +206,37 @@ impl Source {
         Ok(Source::Folder(folder))
     }
 
+    /// The label of sample `i` without decoding it.
+    pub fn label_of(&self, i: usize) -> u16 {
+        match self {
+            Source::Folder(f) => f.samples[i].label,
+            // `synth::render`'s contract: images cycle through the classes.
+            Source::Synth { .. } => (i % crate::synth::NUM_CLASSES) as u16,
+        }
+    }
+
+    /// `per_class` sample indices of every class, chosen by a seeded shuffle
+    /// inside each class and returned in sorted order: the images that the
+    /// costly probes (corruptions, attacks) reuse from the clean set, so their
+    /// records carry the clean set's sample ids.
+    pub fn stratified_ids(&self, per_class: Option<usize>, seed: u64) -> Vec<u32> {
+        let all: Vec<u32> = (0..self.len() as u32).collect();
+        let Some(n) = per_class else { return all };
+        let mut by_class: std::collections::BTreeMap<u16, Vec<u32>> = Default::default();
+        for &i in &all {
+            by_class.entry(self.label_of(i as usize)).or_default().push(i);
+        }
+        let mut kept = Vec::new();
+        for (label, mut idx) in by_class {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_c0de ^ (label as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            idx.shuffle(&mut rng);
+            idx.truncate(n);
+            kept.extend(idx);
+        }
+        kept.sort_unstable();
+        kept
+    }
+
     /// Class names in label order.
     pub fn classes(&self) -> Vec<String> {
         match self {

@@ -208,6 +208,9 @@ pub struct Header {
     pub full_probs: bool,
     /// How the shifted datasets' labels relate to the model's classes.
     pub mapping: crate::benchmark::Mapping,
+    /// Where corrupted images came from (generated on the device, or an
+    /// ImageNet-C tree) and how; empty when no corruption ran.
+    pub corruption_source: String,
 }
 
 /// One model decision on one probe of one sample.

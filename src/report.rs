@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 
 use crate::metrics;
-use crate::protocol::{decode_all, DecodeStats, End, Failure, Header, Message, OodSet, ProbeSet, Record};
+use crate::protocol::{decode_all, DecodeStats, End, Failure, Header, Message, OodSet, ProbeSet, Record, CORRUPTIONS};
 use crate::quba::{self, Dimension, Normalisation, Values, Weights};
 use crate::transport::{Manifest, RunStatus, LOG_FILE};
 
@@ -172,13 +172,11 @@ pub fn evaluate(run: &Run, opts: &EvalOptions) -> Result<ModelResult> {
         }
     }
     shifted_dimensions(run, opts, &mut res);
-    let not_run = |what: &str| format!("the run has no {what} records: this version of the device suite does not run them yet");
-    for (d, what) in [
-        (Dimension::AdversarialRobustness, "adversarial/fgsm or adversarial/pgd"),
-        (Dimension::CorruptionRobustness, "corruption/*"),
-    ] {
-        res.missing.insert(d, not_run(what));
-    }
+    corruption_dimension(run, opts, &mut res);
+    res.missing.insert(
+        Dimension::AdversarialRobustness,
+        "the run has no adversarial/fgsm or adversarial/pgd records: this version of the device suite does not run them yet".into(),
+    );
     Ok(res)
 }
 
@@ -219,6 +217,70 @@ impl Decisions {
 
     fn all(&self) -> Vec<usize> {
         (0..self.len()).collect()
+    }
+}
+
+/// Corruption robustness (PROTOCOL.md, dimension 3): for each corruption the
+/// mean over severities of accuracy / clean accuracy, then the mean over the
+/// 15 corruptions. Every cell's accuracy and relative accuracy are kept.
+fn corruption_dimension(run: &Run, opts: &EvalOptions, res: &mut ModelResult) {
+    let clean = Decisions::of(run, ProbeSet::Clean);
+    let mut cells: Vec<Vec<Decisions>> = Vec::new();
+    let mut absent = Vec::new();
+    for (ci, name) in CORRUPTIONS.iter().enumerate() {
+        let mut row = Vec::new();
+        for sev in 1..=5u8 {
+            let d = Decisions::of(run, ProbeSet::Corruption { corruption: ci as u8, severity: sev });
+            if d.len() == 0 {
+                absent.push(format!("{name}/{sev}"));
+            } else {
+                let acc = d.accuracy(&d.all());
+                res.parts.insert(format!("corruption_{name}_{sev}_accuracy"), acc);
+                if clean.len() > 0 {
+                    res.parts.insert(format!("corruption_{name}_{sev}_relative"), acc / clean.accuracy(&clean.all()));
+                }
+            }
+            row.push(d);
+        }
+        if clean.len() > 0 && row.iter().all(|d| d.len() > 0) {
+            let rel = row.iter().map(|d| d.accuracy(&d.all())).sum::<f64>() / 5.0 / clean.accuracy(&clean.all());
+            res.parts.insert(format!("corruption_{name}_relative"), rel);
+        }
+        cells.push(row);
+    }
+    let i = Dimension::CorruptionRobustness.index();
+    if absent.len() == 75 {
+        res.missing.insert(Dimension::CorruptionRobustness, "the run has no corruption/* records".into());
+        return;
+    }
+    if clean.len() == 0 {
+        res.missing.insert(Dimension::CorruptionRobustness, "no clean records: relative accuracy needs the clean accuracy".into());
+        return;
+    }
+    if !absent.is_empty() {
+        let shown: Vec<&str> = absent.iter().take(6).map(String::as_str).collect();
+        res.missing.insert(
+            Dimension::CorruptionRobustness,
+            format!("{} of the 75 corruption cells were not run (e.g. {})", absent.len(), shown.join(", ")),
+        );
+        return;
+    }
+    let mut sets: Vec<&Decisions> = vec![&clean];
+    sets.extend(cells.iter().flatten());
+    let stat = |ix: &[Vec<usize>]| {
+        let base = clean.accuracy(&ix[0]);
+        let mut sum = 0.0;
+        for (d, ix) in cells.iter().flatten().zip(&ix[1..]) {
+            sum += d.accuracy(ix);
+        }
+        sum / 75.0 / base
+    };
+    let all: Vec<Vec<usize>> = sets.iter().map(|d| d.all()).collect();
+    res.values[i] = Some(stat(&all));
+    res.samples[i] = Some(cells.iter().flatten().map(Decisions::len).sum());
+    if opts.bootstrap > 0 {
+        let sizes: Vec<usize> = sets.iter().map(|d| d.len()).collect();
+        res.intervals[i] = Some(metrics::bootstrap_ci_sets(&sizes, opts.bootstrap, opts.seed ^ 14, stat));
     }
 }
 

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::benchmark::{Decision, Mapping};
+use crate::corrupt::{CorruptOptions, Corruption, SEVERITIES};
 use crate::data::{self, Labels, Source};
 use crate::engine::Engine;
 use crate::metrics::softmax_in_place;
@@ -39,7 +40,13 @@ pub enum ProbeGroup {
     CueConflict,
     /// mixed_same and mixed_rand (object focus).
     Background,
+    /// The 15 ImageNet-C corruptions × 5 severities (corruption robustness).
+    Corruption,
 }
+
+/// Images per class that corruptions use on the synthetic benchmark unless
+/// told otherwise: 75 variants of every image make them the costliest probe.
+pub const SYNTH_CORRUPTION_PER_CLASS: usize = 10;
 
 /// What to evaluate, shared by `quba eval` (for every model) and the device.
 #[derive(clap::Args, Clone, Debug)]
@@ -83,6 +90,25 @@ pub struct SuiteArgs {
     /// Keep the model's full probability vector on every record, not only on clean ones.
     #[arg(long)]
     pub full_probs: bool,
+    /// Corruptions to run (comma-separated names; default: all 15).
+    #[arg(long, value_delimiter = ',')]
+    pub corruptions: Vec<Corruption>,
+    /// Severities to run (comma-separated, 1–5; default: all five).
+    #[arg(long, value_delimiter = ',')]
+    pub severities: Vec<u8>,
+    /// Clean images per class that are corrupted (a seeded subset of the clean set; default:
+    /// all of them, 10 on the synthetic benchmark).
+    #[arg(long)]
+    pub corruption_per_class: Option<usize>,
+    /// ImageNet-C root (`<corruption>/<severity>/<class>/…`): read these images instead of
+    /// generating the corruptions on the device; the model's whole pipeline is applied to them,
+    /// as the study did.
+    #[arg(long)]
+    pub imagenet_c: Option<PathBuf>,
+    /// The reference's frost photos (frost1.png … frost5.jpg from the `imagecorruptions`
+    /// package); default: a procedural frost layer (docs/corruptions.md).
+    #[arg(long)]
+    pub frost_dir: Option<PathBuf>,
 }
 
 impl SuiteArgs {
@@ -122,10 +148,26 @@ impl SuiteArgs {
         opt("--seed", Some(self.seed.to_string()));
         opt("--batch", Some(self.batch.to_string()));
         opt("--benchmark", Some(self.benchmark()));
+        let list = |v: Vec<String>| (!v.is_empty()).then(|| v.join(","));
+        opt("--corruptions", list(self.corruptions.iter().map(|c| c.name().to_string()).collect()));
+        opt("--severities", list(self.severities.iter().map(u8::to_string).collect()));
+        opt("--corruption-per-class", self.corruption_per_class.map(|n| n.to_string()));
+        opt("--imagenet-c", self.imagenet_c.as_ref().map(|p| p.display().to_string()));
+        opt("--frost-dir", self.frost_dir.as_ref().map(|p| p.display().to_string()));
         if self.full_probs {
             a.push("--full-probs".into());
         }
         a
+    }
+
+    /// The (corruption, severity) cells to run, checked.
+    fn corruption_cells(&self) -> Result<Vec<(Corruption, u8)>> {
+        let cs: Vec<Corruption> = if self.corruptions.is_empty() { Corruption::ALL.to_vec() } else { self.corruptions.clone() };
+        let ss: Vec<u8> = if self.severities.is_empty() { SEVERITIES.collect() } else { self.severities.clone() };
+        for &s in &ss {
+            crate::corrupt::check_severity(s).context("--severities")?;
+        }
+        Ok(cs.iter().flat_map(|&c| ss.iter().map(move |&s| (c, s))).collect())
     }
 }
 
@@ -210,11 +252,20 @@ fn peak_rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
-/// One probe set of a run: its images and how decisions are made on them.
+/// One probe set of a run read from its own dataset: its images and how
+/// decisions are made on them.
 struct Probe {
     set: ProbeSet,
     source: Source,
     decision: Decision,
+}
+
+/// Probe sets generated from clean images on the device (corruptions), run
+/// together so each clean image is decoded once for all its variants.
+struct Generated {
+    ids: Vec<u32>,
+    cells: Vec<(Corruption, u8)>,
+    options: CorruptOptions,
 }
 
 /// The synthetic split standing in for each shifted set.
@@ -260,15 +311,39 @@ fn folder_of(args: &SuiteArgs, set: ProbeSet) -> Option<PathBuf> {
     }
 }
 
+/// Everything a run will evaluate, opened before the first image.
+struct Plan {
+    clean: Source,
+    run_clean: bool,
+    probes: Vec<Probe>,
+    generated: Option<Generated>,
+    corruption_source: String,
+}
+
+impl Plan {
+    fn sets(&self) -> Vec<(ProbeSet, usize)> {
+        let mut v = Vec::new();
+        if self.run_clean {
+            v.push((ProbeSet::Clean, self.clean.len()));
+        }
+        v.extend(self.probes.iter().map(|p| (p.set, p.source.len())));
+        if let Some(g) = &self.generated {
+            v.extend(g.cells.iter().map(|&(c, s)| (corruption_set(c, s), g.ids.len())));
+        }
+        v
+    }
+}
+
+fn corruption_set(c: Corruption, severity: u8) -> ProbeSet {
+    ProbeSet::Corruption { corruption: c.index(), severity }
+}
+
 /// Opens every probe set the arguments ask for, before any image runs, so a
 /// bad folder or file name fails the run at once rather than half-way.
-fn open_probes(args: &SuiteArgs, mapping: Mapping, num_classes: usize) -> Result<Vec<Probe>> {
+fn open_plan(args: &SuiteArgs, mapping: Mapping, num_classes: usize) -> Result<Plan> {
     let mut probes = Vec::new();
     let clean = Source::open(&args.data, Some(num_classes), args.per_class, args.seed)?;
     let clean_classes = clean.classes();
-    if args.wants(ProbeGroup::Clean) {
-        probes.push(Probe { set: ProbeSet::Clean, source: clean, decision: Decision::Identity });
-    }
     for (set, group) in SHIFTED {
         if !args.wants(group) {
             continue;
@@ -293,10 +368,41 @@ fn open_probes(args: &SuiteArgs, mapping: Mapping, num_classes: usize) -> Result
             .with_context(|| format!("opening the {} set", set.name()))?;
         probes.push(Probe { set, source, decision });
     }
-    if probes.is_empty() {
+    let mut generated = None;
+    let mut corruption_source = String::new();
+    if args.wants(ProbeGroup::Corruption) {
+        let cells = args.corruption_cells()?;
+        if let Some(root) = &args.imagenet_c {
+            let labels = Labels { categories: Some(clean_classes.clone()), ..Labels::default() };
+            for &(c, sev) in &cells {
+                let dir = root.join(c.name()).join(sev.to_string());
+                if !dir.is_dir() {
+                    bail!("{}: no such folder; an ImageNet-C tree is <root>/<corruption>/<severity>/<class>/…", dir.display());
+                }
+                let source = Source::open_labelled(&dir, &labels, args.corruption_per_class, args.seed)?;
+                probes.push(Probe { set: corruption_set(c, sev), source, decision: Decision::Identity });
+            }
+            corruption_source =
+                format!("imagenet-c tree {}; the model's whole pipeline applied to its images (the study's procedure)", root.display());
+        } else {
+            let per_class = args.corruption_per_class.or(args.is_synth().then_some(SYNTH_CORRUPTION_PER_CLASS));
+            let options = CorruptOptions { frost_dir: args.frost_dir.clone() };
+            corruption_source = format!(
+                "generated on the device from the pipeline's centre crop (quba-edge corruptions, seeds per sample from run seed {}; frost: {})",
+                args.seed,
+                match &options.frost_dir {
+                    Some(d) => format!("photos from {}", d.display()),
+                    None => "procedural".into(),
+                }
+            );
+            generated = Some(Generated { ids: clean.stratified_ids(per_class, args.seed), cells, options });
+        }
+    }
+    let plan = Plan { clean, run_clean: args.wants(ProbeGroup::Clean), probes, generated, corruption_source };
+    if plan.sets().is_empty() {
         bail!("no probe set to run: --probes {:?} selects none that the benchmark provides", args.probes);
     }
-    Ok(probes)
+    Ok(plan)
 }
 
 /// Runs every probe set and writes frames to `out`, flushing after every
@@ -317,7 +423,8 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
     }
     let benchmark = suite.benchmark();
     let mapping = Mapping::for_benchmark(&benchmark);
-    let probes = open_probes(suite, mapping, engine.num_classes)?;
+    let plan = open_plan(suite, mapping, engine.num_classes)?;
+    let sets = plan.sets();
     let model_name = meta_name.unwrap_or_else(|| {
         args.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
     });
@@ -338,18 +445,19 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
         pipeline: pipeline.clone(),
         decoder: data::DECODER.into(),
         benchmark,
-        dataset_root: probes[0].source.describe(),
-        dataset_fingerprint: fingerprint(&probes),
-        samples: probes.iter().map(|p| p.source.len() as u32).sum(),
+        dataset_root: plan.clean.describe(),
+        dataset_fingerprint: fingerprint(&plan),
+        samples: sets.iter().map(|(_, n)| *n as u32).sum(),
         seed: suite.seed,
         per_class: suite.per_class.map(|n| n as u32),
         target: TARGET.into(),
         backend: Backend::TractCpu,
         batch: suite.batch as u32,
         threads: 1,
-        probes: probes.iter().map(|p| p.set).collect(),
+        probes: sets.iter().map(|(p, _)| *p).collect(),
         full_probs: suite.full_probs,
         mapping,
+        corruption_source: plan.corruption_source.clone(),
     };
     let mut enc = FrameEncoder::new();
     out.write_all(enc.encode(&Message::Header(header))?)?;
@@ -357,8 +465,18 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
 
     let mut counts = Counts::default();
     let mut scratch = Scratch::new(&engine);
-    for probe in &probes {
-        run_probe(&engine, probe, &pipeline, args, &mut scratch, &mut enc, out, &mut counts)?;
+    let mut ctx = Ctx { engine: &engine, pipeline: &pipeline, args, enc: &mut enc, out, counts: &mut counts };
+    if plan.run_clean {
+        let clean = Probe { set: ProbeSet::Clean, source: plan.clean, decision: Decision::Identity };
+        run_probe(&mut ctx, &clean, &mut scratch)?;
+        if let Some(g) = &plan.generated {
+            run_generated(&mut ctx, &clean.source, g, &mut scratch)?;
+        }
+    } else if let Some(g) = &plan.generated {
+        run_generated(&mut ctx, &plan.clean, g, &mut scratch)?;
+    }
+    for probe in &plan.probes {
+        run_probe(&mut ctx, probe, &mut scratch)?;
     }
     let end = End {
         records: counts.records,
@@ -373,13 +491,19 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
 }
 
 /// Same fingerprint ⇒ same images of every set in the same order.
-fn fingerprint(probes: &[Probe]) -> String {
+fn fingerprint(plan: &Plan) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    for p in probes {
+    h.update(plan.clean.fingerprint().as_bytes());
+    for p in &plan.probes {
         h.update(p.set.name().as_bytes());
         h.update([0]);
         h.update(p.source.fingerprint().as_bytes());
+    }
+    if let Some(g) = &plan.generated {
+        for id in &g.ids {
+            h.update(id.to_le_bytes());
+        }
     }
     data::hex(&h.finalize())
 }
@@ -409,52 +533,39 @@ impl Scratch {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_probe(
-    engine: &Engine,
-    probe: &Probe,
-    pipeline: &Pipeline,
-    args: &RunArgs,
-    s: &mut Scratch,
-    enc: &mut FrameEncoder,
-    out: &mut dyn Write,
-    counts: &mut Counts,
-) -> Result<()> {
-    let per = 3 * engine.side * engine.side;
-    let full = probe.set == ProbeSet::Clean || args.suite.full_probs;
-    let mut next = 0usize;
-    while next < probe.source.len() {
-        s.ids.clear();
-        s.loaded.clear();
-        // Fill a batch with images that decode; failures are reported, not fatal.
-        while s.ids.len() < engine.batch && next < probe.source.len() {
-            let slot = &mut s.input[s.ids.len() * per..(s.ids.len() + 1) * per];
-            match probe.source.load_into(next, pipeline, slot) {
-                Ok(l) => {
-                    s.ids.push(next as u32);
-                    s.loaded.push(l);
-                }
-                Err(e) => {
-                    counts.failures += 1;
-                    let mut f = Failure { set: probe.set, sample: next as u32, path: Default::default(), message: Default::default() };
-                    push_truncated(&mut f.path, &probe.source.name(next));
-                    push_truncated(&mut f.message, &format!("{e:#}"));
-                    out.write_all(enc.encode(&Message::Failure(f))?)?;
-                }
-            }
-            next += 1;
-        }
-        if s.ids.is_empty() {
-            continue;
-        }
-        let logits = engine.logits(&s.input, s.ids.len())?;
-        for ((row, &id), l) in logits.chunks_exact(engine.num_classes).zip(&s.ids).zip(&s.loaded) {
+/// What every probe runner writes to and with.
+struct Ctx<'a> {
+    engine: &'a Engine,
+    pipeline: &'a Pipeline,
+    args: &'a RunArgs,
+    enc: &'a mut FrameEncoder,
+    out: &'a mut dyn Write,
+    counts: &'a mut Counts,
+}
+
+impl Ctx<'_> {
+    fn failure(&mut self, set: ProbeSet, sample: u32, name: &str, e: &anyhow::Error) -> Result<()> {
+        self.counts.failures += 1;
+        let mut f = Failure { set, sample, path: Default::default(), message: Default::default() };
+        push_truncated(&mut f.path, name);
+        push_truncated(&mut f.message, &format!("{e:#}"));
+        self.out.write_all(self.enc.encode(&Message::Failure(f))?)?;
+        Ok(())
+    }
+
+    /// Runs the model on the first `ids.len()` inputs of `s.input` and
+    /// writes one record per sample.
+    fn classify(&mut self, set: ProbeSet, decision: &Decision, s: &mut Scratch) -> Result<()> {
+        let full = set == ProbeSet::Clean || self.args.suite.full_probs;
+        let k = self.engine.num_classes;
+        let logits = self.engine.logits(&s.input, s.ids.len())?;
+        for ((row, &id), l) in logits.chunks_exact(k).zip(&s.ids).zip(&s.loaded) {
             let mut probs = Probs::new();
             probs.extend_from_slice(row).expect("num_classes ≤ MAX_CLASSES checked above");
             softmax_in_place(&mut probs);
-            let d = probe.decision.decide(&probs, l.label, &mut s.scores);
+            let d = decision.decide(&probs, l.label, &mut s.scores);
             let rec = Record {
-                set: probe.set,
+                set,
                 sample: id,
                 label: l.label,
                 prediction: d.prediction,
@@ -463,13 +574,86 @@ fn run_probe(
                 cue: l.cue,
                 probs: full.then_some(probs),
             };
-            out.write_all(enc.encode(&Message::Record(rec))?)?;
-            counts.records += 1;
+            self.out.write_all(self.enc.encode(&Message::Record(rec))?)?;
+            self.counts.records += 1;
         }
-        out.flush()?;
-        if args.pause_ms > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(args.pause_ms));
+        Ok(())
+    }
+
+    /// Flushes after every batch so a cut connection loses at most the batch
+    /// in flight, and lets a passively cooled board breathe.
+    fn end_batch(&mut self) -> Result<()> {
+        self.out.flush()?;
+        if self.args.pause_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(self.args.pause_ms));
         }
+        Ok(())
+    }
+}
+
+fn run_probe(ctx: &mut Ctx, probe: &Probe, s: &mut Scratch) -> Result<()> {
+    let per = 3 * ctx.engine.side * ctx.engine.side;
+    let mut next = 0usize;
+    while next < probe.source.len() {
+        s.ids.clear();
+        s.loaded.clear();
+        // Fill a batch with images that decode; failures are reported, not fatal.
+        while s.ids.len() < ctx.engine.batch && next < probe.source.len() {
+            let slot = &mut s.input[s.ids.len() * per..(s.ids.len() + 1) * per];
+            match probe.source.load_into(next, ctx.pipeline, slot) {
+                Ok(l) => {
+                    s.ids.push(next as u32);
+                    s.loaded.push(l);
+                }
+                Err(e) => ctx.failure(probe.set, next as u32, &probe.source.name(next), &e)?,
+            }
+            next += 1;
+        }
+        if !s.ids.is_empty() {
+            ctx.classify(probe.set, &probe.decision, s)?;
+            ctx.end_batch()?;
+        }
+    }
+    Ok(())
+}
+
+/// Corrupts each batch of clean crops into every (corruption, severity)
+/// cell; the seed of each variant comes from (run seed, sample, cell), so a
+/// board and the host corrupt identically whatever the batch size.
+fn run_generated(ctx: &mut Ctx, source: &Source, g: &Generated, s: &mut Scratch) -> Result<()> {
+    let per = 3 * ctx.engine.side * ctx.engine.side;
+    let first = g.cells.first().map(|&(c, sev)| corruption_set(c, sev));
+    for chunk in g.ids.chunks(ctx.engine.batch) {
+        let mut crops = Vec::with_capacity(chunk.len());
+        for &id in chunk {
+            match source.load_crop(id as usize, ctx.pipeline) {
+                Ok((crop, l)) => crops.push((id, crop, l)),
+                // Reported once, under the first cell: the image itself is unreadable.
+                Err(e) => ctx.failure(first.unwrap_or(ProbeSet::Clean), id, &source.name(id as usize), &e)?,
+            }
+        }
+        for &(c, sev) in &g.cells {
+            let set = corruption_set(c, sev);
+            s.ids.clear();
+            s.loaded.clear();
+            for (id, crop, l) in &crops {
+                let seed = crate::corrupt::sample_seed(ctx.args.suite.seed, *id, c, sev);
+                let slot = s.ids.len() * per..(s.ids.len() + 1) * per;
+                let done = crate::corrupt::corrupt(crop, c, sev, seed, &g.options)
+                    .and_then(|img| data::normalise(&img, ctx.pipeline, &mut s.input[slot]));
+                match done {
+                    Ok(()) => {
+                        s.ids.push(*id);
+                        s.loaded.push(*l);
+                    }
+                    Err(e) => ctx.failure(set, *id, &source.name(*id as usize), &e)?,
+                }
+            }
+            if !s.ids.is_empty() {
+                ctx.classify(set, &Decision::Identity, s)?;
+            }
+        }
+        ctx.end_batch()?;
     }
     Ok(())
 }

@@ -184,5 +184,11 @@ pub fn new_token() -> Result<String> {
 
 pub fn run_dir_for(root: &Path, name: &str) -> PathBuf {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-    root.join(format!("{name}-{now}"))
+    // Claimed by creating it: parallel evaluations of same-named models in
+    // the same millisecond must not share a run log.
+    let _ = std::fs::create_dir_all(root);
+    (0..)
+        .map(|n| root.join(if n == 0 { format!("{name}-{now}") } else { format!("{name}-{now}-{n}") }))
+        .find(|p| std::fs::create_dir(p).is_ok() || !root.is_dir())
+        .expect("an unbounded range always yields")
 }

@@ -27,7 +27,7 @@ fn eval(dir: &std::path::Path, extra: &[&str]) -> Value {
         .arg(root().join("tests/data/tiny/val"))
         .arg("--runs-dir")
         .arg(dir)
-        .args(["--json", "--bootstrap", "0"])
+        .args(["--json", "--bootstrap", "0", "--probes", "clean"])
         .args(extra)
         .output()
         .unwrap();

@@ -146,6 +146,9 @@ struct EvalArgs {
     models: Vec<PathBuf>,
     #[command(flatten)]
     suite: SuiteArgs,
+    /// Device processes to run at once (default: one per core).
+    #[arg(long)]
+    jobs: Option<usize>,
     /// Where run directories are created.
     #[arg(long, default_value = "runs")]
     runs_dir: PathBuf,
@@ -304,51 +307,77 @@ fn device_command(a: &EvalArgs) -> Result<Vec<String>> {
     Ok(cmd)
 }
 
+/// Runs one model's device process and ingests its stream; the run
+/// directory, also when the device stopped early (what arrived is kept).
+fn eval_one(a: &EvalArgs, base: &[String], model: &Path) -> Result<PathBuf> {
+    let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let dir = transport::run_dir_for(&a.runs_dir, &stem);
+    let run = RunArgs { model: model.to_path_buf(), suite: a.suite.clone(), run_id: None, pause_ms: 0 };
+    let mut child = Command::new(&base[0])
+        .args(&base[1..])
+        .args(run.to_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start the device process `{}`", base.join(" ")))?;
+    let mut stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stderr.read_to_string(&mut s).ok();
+        s
+    });
+    let stdout = child.stdout.take().unwrap();
+    let ingested = ingest(stdout, &dir, &format!("device process for {}", model.display()), None);
+    let status = child.wait()?;
+    let device_err = err_reader.join().unwrap_or_default();
+    match ingested {
+        Ok(m) if status.success() => {
+            eprintln!("evaluated {} → {} ({} records)", model.display(), dir.display(), m.records);
+            Ok(dir)
+        }
+        Ok(m) => {
+            eprintln!("{}", device_err.trim_end());
+            eprintln!("device run for {} stopped early ({status}); {} records kept in {}", model.display(), m.records, dir.display());
+            Ok(dir)
+        }
+        Err(e) => {
+            let msg = device_err.trim_end();
+            if msg.is_empty() {
+                return Err(e.context(format!("device run for {} failed ({status})", model.display())));
+            }
+            bail!("{msg}\n(device run for {} failed: {e:#})", model.display());
+        }
+    }
+}
+
 fn eval(a: EvalArgs) -> Result<()> {
     let weights = a.scoring.weights()?;
     let models = if a.models.is_empty() { zoo_models()? } else { a.models.clone() };
     let base = device_command(&a)?;
-    let mut dirs = Vec::new();
-    for model in &models {
-        let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-        let dir = transport::run_dir_for(&a.runs_dir, &stem);
-        let run = RunArgs { model: model.clone(), suite: a.suite.clone(), run_id: None, pause_ms: 0 };
-        let mut child = Command::new(&base[0])
-            .args(&base[1..])
-            .args(run.to_args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot start the device process `{}`", base.join(" ")))?;
-        let mut stderr = child.stderr.take().unwrap();
-        let err_reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            stderr.read_to_string(&mut s).ok();
-            s
-        });
-        let stdout = child.stdout.take().unwrap();
-        let ingested = ingest(stdout, &dir, &format!("device process for {}", model.display()), None);
-        let status = child.wait()?;
-        let device_err = err_reader.join().unwrap_or_default();
-        match ingested {
-            Ok(m) if status.success() => {
-                eprintln!("evaluated {} → {} ({} records)", model.display(), dir.display(), m.records);
-                dirs.push(dir);
-            }
-            Ok(m) => {
-                eprintln!("{}", device_err.trim_end());
-                eprintln!("device run for {} stopped early ({status}); {} records kept in {}", model.display(), m.records, dir.display());
-                dirs.push(dir);
-            }
-            Err(e) => {
-                let msg = device_err.trim_end();
-                if msg.is_empty() {
-                    return Err(e.context(format!("device run for {} failed ({status})", model.display())));
+    // Device runs are single-threaded and independent: one per core.
+    let jobs = a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).clamp(1, models.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut slots: Vec<Option<Result<PathBuf>>> = (0..models.len()).map(|_| None).collect();
+    let slots_lock = std::sync::Mutex::new(&mut slots);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(model) = models.get(i) else { break };
+                let r = eval_one(&a, &base, model);
+                let failed = r.is_err();
+                slots_lock.lock().unwrap()[i] = Some(r);
+                if failed {
+                    // Stop handing out work; runs in flight finish.
+                    next.store(models.len(), std::sync::atomic::Ordering::SeqCst);
                 }
-                bail!("{msg}\n(device run for {} failed: {e:#})", model.display());
-            }
+            });
         }
+    });
+    let mut dirs = Vec::new();
+    for r in slots.into_iter().flatten() {
+        dirs.push(r?);
     }
     let rep = report::build(&dirs, a.scoring.normalisation.map(Into::into), weights, &eval_opts(&a.scoring))?;
     let out = a.out.clone().unwrap_or_else(|| a.runs_dir.join("results.json"));

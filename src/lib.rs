@@ -7,8 +7,10 @@
 //! in `quba` behind the `host` feature. `metrics` and `quba` are pure and
 //! build everywhere (the device needs softmax and argmax).
 
+pub mod attack;
 pub mod data;
 pub mod engine;
+pub mod grad;
 pub mod metrics;
 pub mod protocol;
 pub mod quba;

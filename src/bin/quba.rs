@@ -47,6 +47,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DataCmd,
     },
+    /// Input gradients (ONNX forward + backward graphs) and FGSM/PGD runs.
+    Grad {
+        #[command(subcommand)]
+        cmd: quba_edge::grad::GradCmd,
+    },
     /// Play the device role in this process (what `quba-device` does).
     Device {
         #[command(subcommand)]
@@ -249,6 +254,7 @@ fn main() {
         Cmd::Ingest(a) => ingest(std::io::stdin().lock(), &a.run_dir, "stdin", None).map(|m| summary(&a.run_dir, &m)),
         Cmd::Listen(a) => listen(a),
         Cmd::Data { cmd: DataCmd::Synth(a) } => synth(a),
+        Cmd::Grad { cmd } => quba_edge::grad::run_cli(cmd),
         Cmd::Device { cmd: DeviceCmd::Run(a) } => run_device(&a).map(|_| ()),
     };
     if let Err(e) = r {

@@ -21,7 +21,10 @@ use tract_onnx::pb::{self, tensor_proto::DataType, type_proto, NodeProto, ValueI
 use tract_onnx::prelude::*;
 
 pub use cli::{run_cli, GradCmd};
-use graph::{a_int, node_label, Builder, Dim, Facts};
+use graph::{node_label, Builder, Dim, Facts};
+
+/// Attribute constructors, for building small graphs (tests, fixtures).
+pub use graph::{a_float, a_int, a_ints, a_str};
 pub use rules::SUPPORTED;
 
 /// Name of the gradient output in a graph built by [`gradient_graph`].

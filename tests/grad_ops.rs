@@ -560,3 +560,25 @@ fn quantize_dequantize_is_saturating_straight_through() {
         assert!((g[i] - want).abs() < 1e-6, "x[{i}] = {}: gradient {} want {want}", x[i], g[i]);
     }
 }
+
+#[test]
+fn unsupported_op_on_the_input_path_is_a_load_error_naming_it() {
+    let mut rng = ChaCha8Rng::seed_from_u64(40);
+    let mut g = Graph::new();
+    let y = g.op("Cos", &["x"], vec![]);
+    let m = g.classifier(&y, 75, &mut rng);
+    let err = format!("{:#}", quba_edge::grad::gradient_graph(&m).unwrap_err());
+    assert!(err.contains("'Cos_0'") && err.contains("op type Cos"), "{err}");
+    let err = GradModel::from_proto(&m, 2).err().expect("load must fail");
+    assert!(format!("{err:#}").contains("Cos"), "{err:#}");
+}
+
+#[test]
+fn unsupported_op_off_the_input_path_is_fine() {
+    // Ops that only transform weights need no gradient.
+    fd_case(41, &[], |g, r| {
+        let w = g.random(&[3, 5, 5], r);
+        let c = g.op("Cos", &[&w], vec![]);
+        (g.op("Mul", &["x", &c], vec![]), 75)
+    });
+}

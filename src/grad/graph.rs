@@ -407,7 +407,8 @@ fn infer(node: &NodeProto, f: &Facts) -> Result<Vec<Option<Shape>>> {
     match node.op_type.as_str() {
         "Relu" | "Clip" | "Sigmoid" | "Tanh" | "HardSigmoid" | "HardSwish" | "Erf" | "Exp" | "Log" | "Sqrt" | "Neg"
         | "Abs" | "Identity" | "QuantizeLinear" | "DequantizeLinear" | "Softmax" | "LogSoftmax" | "Cast"
-        | "Reciprocal" | "Sign" | "LayerNormalization" | "BatchNormalization" | "Dropout" | "LeakyRelu" | "Elu" => {
+        | "Reciprocal" | "Sign" | "LayerNormalization" | "BatchNormalization" | "Dropout" | "LeakyRelu" | "Elu"
+        | "Cos" | "Sin" | "Floor" | "Ceil" | "Round" | "Softplus" | "Softsign" | "Selu" | "Gelu" | "Mish" | "Not" => {
             one(x)
         }
         "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Sum" | "Equal" | "Greater" | "Less" | "Where" => {

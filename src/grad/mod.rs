@@ -175,7 +175,7 @@ pub fn build(model: &pb::ModelProto) -> Result<(pb::ModelProto, GradInfo)> {
         Some([b, k]) if *b == in_shape[0] && k.value().is_some_and(|k| k >= 2) => k.value().unwrap(),
         s => bail!(
             "output 0 '{logits}' has shape {}; a gradient needs a class vector [batch, classes] of logits",
-            s.map(|s| graph::show(s)).unwrap_or_else(|| "unknown".into())
+            s.map(|s| graph::show(s)).unwrap_or_else(|| "unknown (not inferable through the graph's ops)".into())
         ),
     };
 

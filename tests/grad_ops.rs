@@ -6,7 +6,7 @@
 //! from kinks (ReLU 0, clip bounds, max-pool ties); ties are tested
 //! separately against torch's conventions.
 
-use quba_edge::grad::{a_float, a_int, a_ints, a_str, GradModel};
+use quba_edge::grad::{a_float, a_int, a_ints, a_str, f32_tensor, i64_tensor, GradModel};
 use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -42,13 +42,7 @@ impl Graph {
 
     fn floats(&mut self, dims: &[i64], v: Vec<f32>) -> String {
         let name = format!("c{}", self.inits.len());
-        self.inits.push(pb::TensorProto {
-            name: name.clone(),
-            dims: dims.to_vec(),
-            data_type: DataType::Float as i32,
-            float_data: v,
-            ..Default::default()
-        });
+        self.inits.push(f32_tensor(&name, dims, &v));
         name
     }
 
@@ -59,13 +53,7 @@ impl Graph {
 
     fn ints(&mut self, v: &[i64]) -> String {
         let name = format!("c{}", self.inits.len());
-        self.inits.push(pb::TensorProto {
-            name: name.clone(),
-            dims: vec![v.len() as i64],
-            data_type: DataType::Int64 as i32,
-            int64_data: v.to_vec(),
-            ..Default::default()
-        });
+        self.inits.push(i64_tensor(&name, &[v.len() as i64], v));
         name
     }
 

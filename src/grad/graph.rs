@@ -162,6 +162,16 @@ pub fn a_f32_tensor(name: &str, v: f32) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: AttributeType::Tensor as i32, t: Some(t), ..Default::default() }
 }
 
+pub fn i64_tensor(name: &str, dims: &[i64], v: &[i64]) -> pb::TensorProto {
+    let data_type = DataType::Int64 as i32;
+    pb::TensorProto { name: name.into(), dims: dims.to_vec(), data_type, int64_data: v.to_vec(), ..Default::default() }
+}
+
+pub fn f32_tensor(name: &str, dims: &[i64], v: &[f32]) -> pb::TensorProto {
+    let data_type = DataType::Float as i32;
+    pb::TensorProto { name: name.into(), dims: dims.to_vec(), data_type, float_data: v.to_vec(), ..Default::default() }
+}
+
 pub fn node_label(node: &NodeProto) -> String {
     let name = if node.name.is_empty() { node.output.first().map(String::as_str).unwrap_or("?") } else { &node.name };
     format!("node '{name}' ({})", node.op_type)
@@ -235,13 +245,7 @@ impl Builder {
 
     pub fn ints(&mut self, v: &[i64]) -> String {
         let name = self.fresh("const_i64");
-        self.inits.push(pb::TensorProto {
-            name: name.clone(),
-            dims: vec![v.len() as i64],
-            data_type: DataType::Int64 as i32,
-            int64_data: v.to_vec(),
-            ..Default::default()
-        });
+        self.inits.push(i64_tensor(&name, &[v.len() as i64], v));
         name
     }
 
@@ -253,13 +257,7 @@ impl Builder {
 
     pub fn floats(&mut self, dims: &[i64], v: &[f32]) -> String {
         let name = self.fresh("const_f32");
-        self.inits.push(pb::TensorProto {
-            name: name.clone(),
-            dims: dims.to_vec(),
-            data_type: DataType::Float as i32,
-            float_data: v.to_vec(),
-            ..Default::default()
-        });
+        self.inits.push(f32_tensor(&name, dims, v));
         name
     }
 

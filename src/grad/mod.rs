@@ -23,8 +23,8 @@ use tract_onnx::prelude::*;
 pub use cli::{run_cli, GradCmd};
 use graph::{node_label, Builder, Dim, Facts};
 
-/// Attribute constructors, for building small graphs (tests, fixtures).
-pub use graph::{a_float, a_int, a_ints, a_str};
+/// Attribute and tensor constructors, for building small graphs (tests, fixtures).
+pub use graph::{a_float, a_int, a_ints, a_str, f32_tensor, i64_tensor};
 pub use rules::SUPPORTED;
 
 /// Name of the gradient output in a graph built by [`gradient_graph`].

@@ -53,7 +53,12 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fixture", action="store_true", help="write tests/data/grad/parity*.{json,f16}")
     ap.add_argument("--docs", default=os.path.join(ROOT, "docs/gradients.md"))
+    ap.add_argument("--from-log", help="only re-render the docs table from the JSON lines a previous run printed")
     args = ap.parse_args()
+    if args.from_log:
+        rows = [json.loads(line) for line in open(args.from_log) if line.startswith("{")]
+        replace_block(args.docs, "PARITY", render_table(rows) + f"\n\n{rows[0]['n']} inputs per model (seed {args.seed}).")
+        return
     tmp = tempfile.mkdtemp(prefix="grad_parity")
     data = os.path.join(tmp, "synth")
     subprocess.run([args.quba, "data", "synth", "--out", data, "--splits", "val", "--per-class", "4"], check=True)
@@ -113,12 +118,16 @@ def main():
     if args.fixture:
         with open(os.path.join(ROOT, "tests/data/grad/parity.json"), "w") as f:
             json.dump(dict(generator="scripts/grad_parity.py", reference="torch float64 autograd", entries=fixture), f, indent=1)
-    table = ["| model | gradient | min cos (tract) | median cos | min cos (onnxruntime) | max logit diff | top-1 agree |",
+    replace_block(args.docs, "PARITY", render_table(rows) + f"\n\n{args.n} inputs per model (seed {args.seed}).")
+
+
+def render_table(rows):
+    table = ["| model | gradient | 1 − min cos (tract) | 1 − median cos | 1 − min cos (onnxruntime) | max logit diff | top-1 agree |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        table.append(f"| {r['model']} | {r['gradient']} | {r['min_cos']:.6f} | {r['median_cos']:.6f} | {r['min_cos_ort']:.6f} "
-                     f"| {r['logit_diff']:.2e} | {r['top1_agree']:.3f} |")
-    replace_block(args.docs, "PARITY", "\n".join(table) + f"\n\n{args.n} inputs per model (seed {args.seed}).")
+        table.append(f"| {r['model']} | {r['gradient']} | {1 - r['min_cos']:.1e} | {1 - r['median_cos']:.1e} "
+                     f"| {1 - r['min_cos_ort']:.1e} | {r['logit_diff']:.2e} | {r['top1_agree']:.3f} |")
+    return "\n".join(table)
 
 
 def replace_block(path, tag, body):

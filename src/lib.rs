@@ -9,8 +9,10 @@
 
 pub mod benchmark;
 pub mod corrupt;
+pub mod attack;
 pub mod data;
 pub mod engine;
+pub mod grad;
 pub mod metrics;
 pub mod protocol;
 pub mod quba;

@@ -47,6 +47,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DataCmd,
     },
+    /// Input gradients (ONNX forward + backward graphs) and FGSM/PGD runs.
+    Grad {
+        #[command(subcommand)]
+        cmd: quba_edge::grad::GradCmd,
+    },
     /// Play the device role in this process (what `quba-device` does).
     Device {
         #[command(subcommand)]
@@ -241,6 +246,7 @@ fn main() {
         Cmd::Listen(a) => listen(a),
         Cmd::Data { cmd: DataCmd::Synth(a) } => synth(a),
         Cmd::Data { cmd: DataCmd::Corrupt(a) } => quba_edge::corrupt::run_cli(&a).map(|_| ()),
+        Cmd::Grad { cmd } => quba_edge::grad::run_cli(cmd),
         Cmd::Device { cmd: DeviceCmd::Run(a) } => run_device(&a).map(|_| ()),
     };
     if let Err(e) = r {

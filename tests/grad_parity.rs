@@ -1,0 +1,50 @@
+//! Input-gradient parity with torch float64 autograd on zoo models, from the
+//! committed fixture written by `scripts/grad_parity.py --fixture` (two
+//! synthetic images and one noise input per model, stored as f16; the inputs
+//! were rounded to f16 before torch saw them). The full table over every zoo
+//! model is in docs/gradients.md.
+
+use std::path::Path;
+
+use quba_edge::grad::{GradModel, GradientKind};
+use tract_onnx::prelude::f16;
+
+fn read_f16(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    bytes.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (n(a) * n(b))
+}
+
+#[test]
+fn zoo_gradients_match_torch_autograd() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("tests/data/grad");
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("parity.json")).unwrap()).unwrap();
+    let entries = index["entries"].as_array().unwrap();
+    assert!(entries.len() >= 3, "the fixture should cover fp32 CNN, ViT and an int8 model");
+    for e in entries {
+        let model = e["model"].as_str().unwrap();
+        let stem = Path::new(model).file_stem().unwrap().to_string_lossy().into_owned();
+        let labels: Vec<i64> = e["labels"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let x = read_f16(&dir.join(format!("parity-{stem}.x.f16")));
+        let want = read_f16(&dir.join(format!("parity-{stem}.g.f16")));
+        let m = GradModel::load(&root.join(model), labels.len()).unwrap();
+        let (_, got) = m.logits_and_grad(&x, &labels).unwrap();
+        // STE gradients of int8 models flip where a value sits on a rounding
+        // boundary in f32 but not in f64; docs/gradients.md gives the spread.
+        let (kind, min_cos) = match m.kind() {
+            GradientKind::Exact => ("exact", 0.999),
+            GradientKind::Ste => ("ste", 0.99),
+        };
+        assert_eq!(e["gradient"].as_str(), Some(kind), "{model}");
+        for (i, (g, w)) in got.chunks(m.item_len()).zip(want.chunks(m.item_len())).enumerate() {
+            let c = cosine(g, w);
+            assert!(c >= min_cos, "{model} input {i}: cosine {c:.6} with torch's gradient (< {min_cos})");
+        }
+    }
+}

@@ -211,6 +211,11 @@ pub struct Header {
     /// Where corrupted images came from (generated on the device, or an
     /// ImageNet-C tree) and how; empty when no corruption ran.
     pub corruption_source: String,
+    /// `pixel` or `reference` (PROTOCOL.md, dimension 2); empty when no attack ran.
+    pub adversarial_mode: String,
+    /// How input gradients were taken: `exact`, or `ste` (straight-through
+    /// estimator through quantisation); empty when no attack ran.
+    pub gradient: String,
 }
 
 /// One model decision on one probe of one sample.

@@ -173,10 +173,7 @@ pub fn evaluate(run: &Run, opts: &EvalOptions) -> Result<ModelResult> {
     }
     shifted_dimensions(run, opts, &mut res);
     corruption_dimension(run, opts, &mut res);
-    res.missing.insert(
-        Dimension::AdversarialRobustness,
-        "the run has no adversarial/fgsm or adversarial/pgd records: this version of the device suite does not run them yet".into(),
-    );
+    adversarial_dimension(run, opts, &mut res);
     Ok(res)
 }
 
@@ -217,6 +214,61 @@ impl Decisions {
 
     fn all(&self) -> Vec<usize> {
         (0..self.len()).collect()
+    }
+}
+
+/// Adversarial robustness (PROTOCOL.md, dimension 2): gmean of the PGD and
+/// FGSM accuracies, each divided by the clean accuracy on the same images
+/// (paired: the interval resamples images, not attacks, independently).
+fn adversarial_dimension(run: &Run, opts: &EvalOptions, res: &mut ModelResult) {
+    use std::collections::HashMap;
+    let correct = |set: ProbeSet| -> HashMap<u32, bool> {
+        run.records_of(set).map(|r| (r.sample, r.prediction == r.label)).collect()
+    };
+    let clean = correct(ProbeSet::Clean);
+    let fgsm = correct(ProbeSet::Adversarial(crate::protocol::Attack::Fgsm));
+    let pgd = correct(ProbeSet::Adversarial(crate::protocol::Attack::Pgd));
+    let i = Dimension::AdversarialRobustness.index();
+    if fgsm.is_empty() || pgd.is_empty() {
+        res.missing.insert(Dimension::AdversarialRobustness, "the run has no adversarial/fgsm and adversarial/pgd records".into());
+        return;
+    }
+    // (clean, fgsm, pgd) correctness of every image all three saw.
+    let mut rows: Vec<(u32, [bool; 3])> =
+        fgsm.iter().filter_map(|(id, &f)| Some((*id, [*clean.get(id)?, f, *pgd.get(id)?]))).collect();
+    rows.sort_unstable_by_key(|r| r.0);
+    if rows.is_empty() {
+        res.missing.insert(Dimension::AdversarialRobustness, "no clean records for the attacked images".into());
+        return;
+    }
+    let rates = |ix: &[usize]| -> [f64; 3] {
+        let mut c = [0usize; 3];
+        for &j in ix {
+            for k in 0..3 {
+                c[k] += rows[j].1[k] as usize;
+            }
+        }
+        c.map(|x| x as f64 / ix.len() as f64)
+    };
+    let stat = |ix: &[usize]| {
+        let [c, f, p] = rates(ix);
+        metrics::gmean(&[p / c, f / c])
+    };
+    let all: Vec<usize> = (0..rows.len()).collect();
+    let [c, f, p] = rates(&all);
+    res.parts.insert("adversarial_clean_accuracy".into(), c);
+    res.parts.insert("fgsm_accuracy".into(), f);
+    res.parts.insert("pgd_accuracy".into(), p);
+    if c == 0.0 {
+        res.missing.insert(Dimension::AdversarialRobustness, "the model classifies none of the attacked images correctly when clean".into());
+        return;
+    }
+    res.parts.insert("fgsm_relative".into(), f / c);
+    res.parts.insert("pgd_relative".into(), p / c);
+    res.values[i] = Some(stat(&all));
+    res.samples[i] = Some(rows.len());
+    if opts.bootstrap > 0 {
+        res.intervals[i] = Some(metrics::bootstrap_ci(rows.len(), opts.bootstrap, opts.seed ^ 15, stat));
     }
 }
 
@@ -461,6 +513,10 @@ impl Report {
                     "protocol": {
                         "pipeline": h.pipeline,
                         "decoder": h.decoder,
+                        "mapping": h.mapping,
+                        "corruption_source": h.corruption_source,
+                        "adversarial_mode": h.adversarial_mode,
+                        "gradient": h.gradient,
                         "dataset_root": h.dataset_root,
                         "dataset_fingerprint": h.dataset_fingerprint,
                         "seed": h.seed,

@@ -15,12 +15,14 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::benchmark::{Decision, Mapping};
+use crate::attack::{AttackConfig, Mode as AttackMode};
 use crate::corrupt::{CorruptOptions, Corruption, SEVERITIES};
+use crate::grad::GradModel;
 use crate::data::{self, Labels, Source};
 use crate::engine::Engine;
 use crate::metrics::softmax_in_place;
 use crate::protocol::{
-    Backend, End, Failure, FrameEncoder, Header, Message, OodSet, Pipeline, ProbeSet, Probs, Record, MAX_CLASSES,
+    Attack, Backend, End, Failure, FrameEncoder, Header, Message, OodSet, Pipeline, ProbeSet, Probs, Record, MAX_CLASSES,
     PROTOCOL_VERSION,
 };
 use crate::synth::Split;
@@ -42,11 +44,15 @@ pub enum ProbeGroup {
     Background,
     /// The 15 ImageNet-C corruptions × 5 severities (corruption robustness).
     Corruption,
+    /// FGSM and PGD (adversarial robustness).
+    Adversarial,
 }
 
-/// Images per class that corruptions use on the synthetic benchmark unless
-/// told otherwise: 75 variants of every image make them the costliest probe.
+/// Images per class that corruptions and attacks use on the synthetic
+/// benchmark unless told otherwise: 75 variants of every image, or eleven
+/// forward and ten backward passes, make them the costliest probes.
 pub const SYNTH_CORRUPTION_PER_CLASS: usize = 10;
+pub const SYNTH_ATTACK_PER_CLASS: usize = 10;
 
 /// What to evaluate, shared by `quba eval` (for every model) and the device.
 #[derive(clap::Args, Clone, Debug)]
@@ -109,6 +115,14 @@ pub struct SuiteArgs {
     /// package); default: a procedural frost layer (docs/corruptions.md).
     #[arg(long)]
     pub frost_dir: Option<PathBuf>,
+    /// Clean images per class that are attacked (a seeded subset; default: all of them, 10 on
+    /// the synthetic benchmark).
+    #[arg(long)]
+    pub attack_per_class: Option<usize>,
+    /// Where the attack budget applies: `pixel` (the [0, 1] image; default) or `reference` (the
+    /// study's procedure on the normalised tensor, for numbers comparable with its table).
+    #[arg(long, value_enum, default_value = "pixel")]
+    pub adversarial_mode: AttackMode,
 }
 
 impl SuiteArgs {
@@ -154,6 +168,8 @@ impl SuiteArgs {
         opt("--corruption-per-class", self.corruption_per_class.map(|n| n.to_string()));
         opt("--imagenet-c", self.imagenet_c.as_ref().map(|p| p.display().to_string()));
         opt("--frost-dir", self.frost_dir.as_ref().map(|p| p.display().to_string()));
+        opt("--attack-per-class", self.attack_per_class.map(|n| n.to_string()));
+        opt("--adversarial-mode", Some(self.adversarial_mode.as_str().to_string()));
         if self.full_probs {
             a.push("--full-probs".into());
         }
@@ -311,6 +327,13 @@ fn folder_of(args: &SuiteArgs, set: ProbeSet) -> Option<PathBuf> {
     }
 }
 
+/// FGSM and PGD on clean images, through the model's gradient program.
+struct Attacks {
+    ids: Vec<u32>,
+    grad: GradModel,
+    config: AttackConfig,
+}
+
 /// Everything a run will evaluate, opened before the first image.
 struct Plan {
     clean: Source,
@@ -318,6 +341,7 @@ struct Plan {
     probes: Vec<Probe>,
     generated: Option<Generated>,
     corruption_source: String,
+    attacks: Option<Attacks>,
 }
 
 impl Plan {
@@ -330,6 +354,9 @@ impl Plan {
         if let Some(g) = &self.generated {
             v.extend(g.cells.iter().map(|&(c, s)| (corruption_set(c, s), g.ids.len())));
         }
+        if let Some(a) = &self.attacks {
+            v.extend(ATTACKS.iter().map(|&x| (ProbeSet::Adversarial(x), a.ids.len())));
+        }
         v
     }
 }
@@ -340,7 +367,9 @@ fn corruption_set(c: Corruption, severity: u8) -> ProbeSet {
 
 /// Opens every probe set the arguments ask for, before any image runs, so a
 /// bad folder or file name fails the run at once rather than half-way.
-fn open_plan(args: &SuiteArgs, mapping: Mapping, num_classes: usize) -> Result<Plan> {
+const ATTACKS: [Attack; 2] = [Attack::Fgsm, Attack::Pgd];
+
+fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_classes: usize) -> Result<Plan> {
     let mut probes = Vec::new();
     let clean = Source::open(&args.data, Some(num_classes), args.per_class, args.seed)?;
     let clean_classes = clean.classes();
@@ -398,7 +427,15 @@ fn open_plan(args: &SuiteArgs, mapping: Mapping, num_classes: usize) -> Result<P
             generated = Some(Generated { ids: clean.stratified_ids(per_class, args.seed), cells, options });
         }
     }
-    let plan = Plan { clean, run_clean: args.wants(ProbeGroup::Clean), probes, generated, corruption_source };
+    let attacks = if args.wants(ProbeGroup::Adversarial) {
+        // Built now, so an op we cannot differentiate stops the run before any image.
+        let grad = GradModel::load(model, args.batch).context("adversarial robustness needs the model's input gradient")?;
+        let per_class = args.attack_per_class.or(args.is_synth().then_some(SYNTH_ATTACK_PER_CLASS));
+        Some(Attacks { ids: clean.stratified_ids(per_class, args.seed), grad, config: AttackConfig::protocol(args.adversarial_mode) })
+    } else {
+        None
+    };
+    let plan = Plan { clean, run_clean: args.wants(ProbeGroup::Clean), probes, generated, corruption_source, attacks };
     if plan.sets().is_empty() {
         bail!("no probe set to run: --probes {:?} selects none that the benchmark provides", args.probes);
     }
@@ -423,7 +460,7 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
     }
     let benchmark = suite.benchmark();
     let mapping = Mapping::for_benchmark(&benchmark);
-    let plan = open_plan(suite, mapping, engine.num_classes)?;
+    let plan = open_plan(suite, &args.model, mapping, engine.num_classes)?;
     let sets = plan.sets();
     let model_name = meta_name.unwrap_or_else(|| {
         args.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
@@ -458,6 +495,8 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
         full_probs: suite.full_probs,
         mapping,
         corruption_source: plan.corruption_source.clone(),
+        adversarial_mode: plan.attacks.as_ref().map(|a| a.config.mode.as_str().to_string()).unwrap_or_default(),
+        gradient: plan.attacks.as_ref().map(|a| a.grad.kind().as_str().to_string()).unwrap_or_default(),
     };
     let mut enc = FrameEncoder::new();
     out.write_all(enc.encode(&Message::Header(header))?)?;
@@ -472,8 +511,16 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
         if let Some(g) = &plan.generated {
             run_generated(&mut ctx, &clean.source, g, &mut scratch)?;
         }
-    } else if let Some(g) = &plan.generated {
-        run_generated(&mut ctx, &plan.clean, g, &mut scratch)?;
+        if let Some(a) = &plan.attacks {
+            run_attacks(&mut ctx, &clean.source, a, &mut scratch)?;
+        }
+    } else {
+        if let Some(g) = &plan.generated {
+            run_generated(&mut ctx, &plan.clean, g, &mut scratch)?;
+        }
+        if let Some(a) = &plan.attacks {
+            run_attacks(&mut ctx, &plan.clean, a, &mut scratch)?;
+        }
     }
     for probe in &plan.probes {
         run_probe(&mut ctx, probe, &mut scratch)?;
@@ -652,6 +699,51 @@ fn run_generated(ctx: &mut Ctx, source: &Source, g: &Generated, s: &mut Scratch)
             if !s.ids.is_empty() {
                 ctx.classify(set, &Decision::Identity, s)?;
             }
+        }
+        ctx.end_batch()?;
+    }
+    Ok(())
+}
+
+/// Attacks each batch of clean images with FGSM and PGD and classifies the
+/// adversarial images with the real model (the int8 one for int8 models);
+/// PGD's random start is seeded by (run seed, sample id).
+fn run_attacks(ctx: &mut Ctx, source: &Source, a: &Attacks, s: &mut Scratch) -> Result<()> {
+    let per = 3 * ctx.engine.side * ctx.engine.side;
+    let mut clean = vec![0f32; ctx.engine.batch * per];
+    for chunk in a.ids.chunks(ctx.engine.batch) {
+        s.ids.clear();
+        s.loaded.clear();
+        for &id in chunk {
+            let slot = &mut clean[s.ids.len() * per..(s.ids.len() + 1) * per];
+            match source.load_into(id as usize, ctx.pipeline, slot) {
+                Ok(l) => {
+                    s.ids.push(id);
+                    s.loaded.push(l);
+                }
+                Err(e) => ctx.failure(ProbeSet::Adversarial(Attack::Fgsm), id, &source.name(id as usize), &e)?,
+            }
+        }
+        if s.ids.is_empty() {
+            continue;
+        }
+        let n = s.ids.len();
+        let labels: Vec<i64> = s.loaded.iter().map(|l| l.label as i64).collect();
+        let seeds: Vec<u64> = s.ids.iter().map(|&id| crate::attack::sample_seed(ctx.args.suite.seed, id as u64)).collect();
+        for attack in ATTACKS {
+            let adv = crate::attack::run(
+                &a.grad,
+                attack,
+                &a.config,
+                &clean[..n * per],
+                &ctx.pipeline.mean,
+                &ctx.pipeline.std,
+                &labels,
+                &seeds,
+            )
+            .with_context(|| format!("{} on samples {}…{}", ProbeSet::Adversarial(attack).name(), s.ids[0], s.ids[n - 1]))?;
+            s.input[..n * per].copy_from_slice(&adv);
+            ctx.classify(ProbeSet::Adversarial(attack), &Decision::Identity, s)?;
         }
         ctx.end_batch()?;
     }

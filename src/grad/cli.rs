@@ -123,7 +123,7 @@ fn attack_cmd(a: AttackArgs) -> Result<()> {
         let mut x = vec![0.0f32; a.batch * item];
         let mut labels = Vec::with_capacity(m);
         for j in 0..m {
-            labels.push(source.load_into(start + j, &pipeline, &mut x[j * item..(j + 1) * item])? as i64);
+            labels.push(source.load_into(start + j, &pipeline, &mut x[j * item..(j + 1) * item])?.label as i64);
         }
         let seeds: Vec<u64> = (start..start + m).map(|i| attack::sample_seed(a.seed, i as u64)).collect();
         clean += correct(&engine.logits(&x, m)?, &labels);

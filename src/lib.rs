@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod protocol;
 pub mod quba;
 #[cfg(feature = "host")]
+pub mod progress;
+#[cfg(feature = "host")]
 pub mod report;
 pub mod suite;
 pub mod synth;

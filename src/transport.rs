@@ -86,7 +86,18 @@ impl Manifest {
 /// Receives one device stream into `dir`. Returns the final manifest; the
 /// log is flushed after every chunk read, so a killed device loses nothing
 /// that reached the host.
-pub fn ingest(mut input: impl Read, dir: &Path, source: &str, token: Option<&str>) -> Result<Manifest> {
+pub fn ingest(input: impl Read, dir: &Path, source: &str, token: Option<&str>) -> Result<Manifest> {
+    ingest_observed(input, dir, source, token, &mut |_| {})
+}
+
+/// [`ingest`], showing every accepted message to `observe` (progress display).
+pub fn ingest_observed(
+    mut input: impl Read,
+    dir: &Path,
+    source: &str,
+    token: Option<&str>,
+    observe: &mut dyn FnMut(&Message),
+) -> Result<Manifest> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
     let log_path = dir.join(LOG_FILE);
     if log_path.exists() && std::fs::metadata(&log_path)?.len() > 0 {
@@ -134,6 +145,11 @@ pub fn ingest(mut input: impl Read, dir: &Path, source: &str, token: Option<&str
                     return;
                 }
                 Message::Header(h) => new_header = Some(h.clone()),
+                _ => {}
+            }
+            observe(&frame.message);
+            match &frame.message {
+                Message::Hello { .. } | Message::Header(_) => {}
                 Message::Record(_) => manifest.records += 1,
                 Message::Failure(_) => manifest.failures += 1,
                 Message::End(_) => ended = true,

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use quba_edge::progress;
 use quba_edge::quba::{self, Dimension, Normalisation, Weights};
 use quba_edge::report::{self, EvalOptions, Run};
 use quba_edge::suite::{run_device, DeviceArgs, RunArgs, SuiteArgs};
@@ -151,6 +152,10 @@ struct EvalArgs {
     models: Vec<PathBuf>,
     #[command(flatten)]
     suite: SuiteArgs,
+    /// Progress display: `auto` (bars on a terminal, nothing otherwise), `quiet`, or `json`
+    /// (one JSON line per model per second on stderr, for scripts).
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: progress::Mode,
     /// Device processes to run at once (default: one per core).
     #[arg(long)]
     jobs: Option<usize>,
@@ -315,7 +320,7 @@ fn device_command(a: &EvalArgs) -> Result<Vec<String>> {
 
 /// Runs one model's device process and ingests its stream; the run
 /// directory, also when the device stopped early (what arrived is kept).
-fn eval_one(a: &EvalArgs, base: &[String], model: &Path) -> Result<PathBuf> {
+fn eval_one(a: &EvalArgs, base: &[String], model: &Path, progress: &progress::Progress) -> Result<PathBuf> {
     let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let dir = transport::run_dir_for(&a.runs_dir, &stem);
     let run = RunArgs { model: model.to_path_buf(), suite: a.suite.clone(), run_id: None, pause_ms: 0 };
@@ -334,7 +339,11 @@ fn eval_one(a: &EvalArgs, base: &[String], model: &Path) -> Result<PathBuf> {
         s
     });
     let stdout = child.stdout.take().unwrap();
-    let ingested = ingest(stdout, &dir, &format!("device process for {}", model.display()), None);
+    let mut shown = progress.track(&stem);
+    let ingested = transport::ingest_observed(stdout, &dir, &format!("device process for {}", model.display()), None, &mut |m| {
+        shown.observe(m)
+    });
+    shown.finish();
     let status = child.wait()?;
     let device_err = err_reader.join().unwrap_or_default();
     match ingested {
@@ -363,6 +372,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     let base = device_command(&a)?;
     // Device runs are single-threaded and independent: one per core.
     let jobs = a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).clamp(1, models.len());
+    let shown = progress::Progress::new(a.progress);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut slots: Vec<Option<Result<PathBuf>>> = (0..models.len()).map(|_| None).collect();
     let slots_lock = std::sync::Mutex::new(&mut slots);
@@ -371,7 +381,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let Some(model) = models.get(i) else { break };
-                let r = eval_one(&a, &base, model);
+                let r = eval_one(&a, &base, model, &shown);
                 let failed = r.is_err();
                 slots_lock.lock().unwrap()[i] = Some(r);
                 if failed {

@@ -49,15 +49,22 @@ fn predictions(run_dir: &str) -> Vec<(u64, u64, Vec<f64>)> {
         .collect()
 }
 
-#[test]
-fn aarch64_device_under_qemu_matches_x86() {
+/// The cross-built device binary, or None (test skipped) when it was not
+/// built and QUBA_REQUIRE_ARM is unset.
+fn arm_binary() -> Option<PathBuf> {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
     let bin = target_dir.join("aarch64-unknown-linux-gnu/release/quba-device");
     if !bin.exists() {
         assert!(std::env::var("QUBA_REQUIRE_ARM").is_err(), "QUBA_REQUIRE_ARM is set but {} is missing", bin.display());
         eprintln!("skipping: {} not built", bin.display());
-        return;
+        return None;
     }
+    Some(bin)
+}
+
+#[test]
+fn aarch64_device_under_qemu_matches_x86() {
+    let Some(bin) = arm_binary() else { return };
     let t = std::env::temp_dir().join(format!("quba-qemu-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&t);
     let arm = eval(
@@ -81,6 +88,67 @@ fn aarch64_device_under_qemu_matches_x86() {
         }
         // Different SIMD kernels sum in different orders: float rounding only.
         assert!(max_diff < 1e-4, "{} {}: max prob diff {max_diff}", a["name"], a["precision"]);
+    }
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+/// The whole nine-dimension suite of a zoo model, fp32 and int8, on the
+/// aarch64 binary under QEMU, streamed into the x86 host: every decision of
+/// every probe set (clean, shifted sets, 75 corruption cells generated on the
+/// board, FGSM and PGD through the gradient program with its seeded start)
+/// must equal the native x86 run's — corruptions are byte-identical across
+/// targets and the attacks' random starts are seeded per sample.
+#[test]
+fn nine_dimensions_under_qemu_match_x86() {
+    let Some(bin) = arm_binary() else { return };
+    let t = std::env::temp_dir().join(format!("quba-qemu9-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&t);
+    let run = |dir: &std::path::Path, extra: &[&str]| -> Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_quba"))
+            .arg("eval")
+            .arg("--model")
+            .arg(root().join("models/zoo/cnn-baseline.fp32.onnx"))
+            .arg("--model")
+            .arg(root().join("models/zoo/cnn-baseline.int8.onnx"))
+            .args(["--json", "--bootstrap", "0", "--per-class", "1", "--corruption-per-class", "1", "--attack-per-class", "1"])
+            .arg("--runs-dir")
+            .arg(dir)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let arm = run(
+        &t.join("arm"),
+        &["--launcher", "qemu-aarch64 -cpu cortex-a72 -L /usr/aarch64-linux-gnu", "--device-bin", bin.to_str().unwrap()],
+    );
+    let x86 = run(&t.join("x86"), &[]);
+    let decisions = |m: &Value| -> Vec<(String, u64, u64)> {
+        let out = Command::new(env!("CARGO_BIN_EXE_quba")).args(["export", m["run"]["dir"].as_str().unwrap()]).output().unwrap();
+        let mut v: Vec<(String, u64, u64)> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                (v["set"].as_str().unwrap().to_string(), v["sample"].as_u64().unwrap(), v["prediction"].as_u64().unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    for (a, x) in arm["models"].as_array().unwrap().iter().zip(x86["models"].as_array().unwrap()) {
+        assert_eq!(a["target"], "aarch64-unknown-linux-gnu");
+        for d in ["accuracy", "adversarial_robustness", "corruption_robustness", "ood_robustness", "object_focus", "shape_bias"] {
+            assert!(x["dimensions"][d].is_number(), "{d} measured on x86: {}", x["missing"]);
+        }
+        let (da, dx) = (decisions(a), decisions(x));
+        assert_eq!(da.len(), dx.len());
+        // 16 clean + 8 × 16 shifted + 75 × 16 corrupted + 2 × 16 attacked.
+        assert_eq!(da.len(), 16 + 8 * 16 + 75 * 16 + 2 * 16);
+        let differ: Vec<_> = da.iter().zip(&dx).filter(|(p, q)| p != q).collect();
+        assert!(differ.is_empty(), "{} {}: {} decisions differ, e.g. {:?}", a["name"], a["precision"], differ.len(), &differ[..differ.len().min(5)]);
+        assert_eq!(a["dimensions"], x["dimensions"], "{} {}", a["name"], a["precision"]);
     }
     let _ = std::fs::remove_dir_all(&t);
 }

@@ -71,11 +71,8 @@ fn main() {
     println!("| model | gradient | forward ms | fwd+bwd ms | ratio | build+optimise s | peak RSS MB |");
     println!("|---|---|---|---|---|---|---|");
     for m in models.iter().filter(|m| m.to_string_lossy().contains(&filter)) {
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .arg("--one")
-            .arg(m)
-            .status()
-            .expect("spawn");
+        let status =
+            std::process::Command::new(std::env::current_exe().unwrap()).arg("--one").arg(m).status().expect("spawn");
         assert!(status.success(), "{} failed", m.display());
     }
 }

@@ -93,16 +93,23 @@ impl Space<'_> {
         (i / self.plane) % self.mean.len()
     }
 
-    fn from_model(&self, x: &[f32]) -> Vec<f32> {
+    /// The attacked variable (pixels, or the normalised tensor itself) from the model input.
+    fn attacked(&self, x: &[f32]) -> Vec<f32> {
         match self.mode {
-            Mode::Pixel => x.iter().enumerate().map(|(i, v)| v * self.std[self.channel(i)] + self.mean[self.channel(i)]).collect(),
+            Mode::Pixel => {
+                x.iter().enumerate().map(|(i, v)| v * self.std[self.channel(i)] + self.mean[self.channel(i)]).collect()
+            }
             Mode::Reference => x.to_vec(),
         }
     }
 
     fn to_model(&self, v: &[f32]) -> Vec<f32> {
         match self.mode {
-            Mode::Pixel => v.iter().enumerate().map(|(i, p)| (p - self.mean[self.channel(i)]) / self.std[self.channel(i)]).collect(),
+            Mode::Pixel => v
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p - self.mean[self.channel(i)]) / self.std[self.channel(i)])
+                .collect(),
             Mode::Reference => v.to_vec(),
         }
     }
@@ -147,7 +154,12 @@ pub fn run(
     let n = labels.len();
     let channels = model.info.item_shape[0];
     if normalised.len() != n * item || seeds.len() != n {
-        bail!("attack: {n} labels need {} input values and {n} seeds, got {} and {}", n * item, normalised.len(), seeds.len());
+        bail!(
+            "attack: {n} labels need {} input values and {n} seeds, got {} and {}",
+            n * item,
+            normalised.len(),
+            seeds.len()
+        );
     }
     if mean.len() != channels || std.len() != channels || std.iter().any(|&s| s <= 0.0 || !s.is_finite()) {
         bail!("attack: the pipeline needs {channels} means and {channels} positive stds, got {mean:?} / {std:?}");
@@ -156,7 +168,7 @@ pub fn run(
     let mut out = Vec::with_capacity(normalised.len());
     for start in (0..n).step_by(model.batch) {
         let m = (n - start).min(model.batch);
-        let x0 = space.from_model(&normalised[start * item..(start + m) * item]);
+        let x0 = space.attacked(&normalised[start * item..(start + m) * item]);
         let adv = attack_batch(model, attack, cfg, &space, &x0, &labels[start..start + m], &seeds[start..start + m])?;
         out.extend(space.to_model(&adv));
     }

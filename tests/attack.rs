@@ -53,10 +53,13 @@ fn seeds(n: usize) -> Vec<u64> {
 fn budgets_outside_the_image_range_are_refused() {
     let m = model(2);
     let x = normalise(&pixels(2, 1));
-    for (eps, alpha, steps, which) in
-        [(8.0, 2.0 / 255.0, 10, Attack::Fgsm), (-0.01, 0.01, 10, Attack::Pgd), (f32::NAN, 0.01, 10, Attack::Fgsm),
-         (0.03, 2.0, 10, Attack::Pgd), (0.03, 0.01, 0, Attack::Pgd)]
-    {
+    for (eps, alpha, steps, which) in [
+        (8.0, 2.0 / 255.0, 10, Attack::Fgsm),
+        (-0.01, 0.01, 10, Attack::Pgd),
+        (f32::NAN, 0.01, 10, Attack::Fgsm),
+        (0.03, 2.0, 10, Attack::Pgd),
+        (0.03, 0.01, 0, Attack::Pgd),
+    ] {
         let cfg = AttackConfig { mode: Mode::Pixel, eps, alpha, steps };
         let err = attack::run(&m, which, &cfg, &x, &MEAN, &STD, &[0, 1], &seeds(2)).unwrap_err().to_string();
         assert!(err.contains("outside [0, 1]") || err.contains("at least one step"), "{err}");

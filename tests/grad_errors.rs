@@ -12,7 +12,10 @@ fn load_err(path: &str) -> String {
 #[test]
 fn not_a_classifier_is_refused() {
     let err = load_err("tests/data/bad/not-a-classifier.onnx");
-    assert!(err.contains("not-a-classifier.onnx") && err.contains("'image'") && err.contains("[batch, classes]"), "{err}");
+    assert!(
+        err.contains("not-a-classifier.onnx") && err.contains("'image'") && err.contains("[batch, classes]"),
+        "{err}"
+    );
 }
 
 #[test]

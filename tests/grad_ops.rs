@@ -154,7 +154,14 @@ fn check_fd(m: &pb::ModelProto, x: &[f32]) {
             worst = (err, i, fd, g[i]);
         }
     }
-    assert!(worst.0 < 5e-3, "coordinate {}: finite difference {} vs gradient {} (error {:.2e} of max |g|)", worst.1, worst.2, worst.3, worst.0);
+    assert!(
+        worst.0 < 5e-3,
+        "coordinate {}: finite difference {} vs gradient {} (error {:.2e} of max |g|)",
+        worst.1,
+        worst.2,
+        worst.3,
+        worst.0
+    );
 }
 
 /// Builds `op(x)` with `build`, which returns the output and its feature count.
@@ -162,7 +169,12 @@ fn fd_case(seed: u64, kinks: &[f32], build: impl FnOnce(&mut Graph, &mut ChaCha8
     fd_case_opset(seed, 17, kinks, build)
 }
 
-fn fd_case_opset(seed: u64, opset: i64, kinks: &[f32], build: impl FnOnce(&mut Graph, &mut ChaCha8Rng) -> (String, i64)) {
+fn fd_case_opset(
+    seed: u64,
+    opset: i64,
+    kinks: &[f32],
+    build: impl FnOnce(&mut Graph, &mut ChaCha8Rng) -> (String, i64),
+) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut g = Graph::new();
     g.opset = opset;

@@ -24,7 +24,8 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 fn zoo_gradients_match_torch_autograd() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join("tests/data/grad");
-    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("parity.json")).unwrap()).unwrap();
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("parity.json")).unwrap()).unwrap();
     let entries = index["entries"].as_array().unwrap();
     assert!(entries.len() >= 3, "the fixture should cover fp32 CNN, ViT and an int8 model");
     for e in entries {

@@ -73,7 +73,8 @@ pub fn run_cli(cmd: GradCmd) -> Result<()> {
     match cmd {
         GradCmd::Export(a) => {
             let model = super::read_model(&a.model)?;
-            let g = super::gradient_graph(&model).with_context(|| format!("{}: cannot build its input gradient", a.model.display()))?;
+            let g = super::gradient_graph(&model)
+                .with_context(|| format!("{}: cannot build its input gradient", a.model.display()))?;
             super::write_model(&g, &a.out)?;
             eprintln!("wrote {} ({} nodes)", a.out.display(), g.graph.as_ref().map_or(0, |g| g.node.len()));
             Ok(())
@@ -86,11 +87,18 @@ pub fn run_cli(cmd: GradCmd) -> Result<()> {
 fn run_raw(a: RunArgs) -> Result<()> {
     let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
     let x: Vec<f32> = read(&a.input)?.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-    let labels: Vec<i64> = read(&a.labels)?.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+    let labels: Vec<i64> =
+        read(&a.labels)?.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
     let grad = super::GradModel::load(&a.model, a.batch)?;
     let item = grad.item_len();
-    if x.len() != labels.len() * item || labels.len() % a.batch != 0 {
-        anyhow::bail!("{} labels (a multiple of --batch {}) need {} input values, got {}", labels.len(), a.batch, labels.len() * item, x.len());
+    if x.len() != labels.len() * item || !labels.len().is_multiple_of(a.batch) {
+        anyhow::bail!(
+            "{} labels (a multiple of --batch {}) need {} input values, got {}",
+            labels.len(),
+            a.batch,
+            labels.len() * item,
+            x.len()
+        );
     }
     let (mut logits, mut grads) = (vec![], vec![]);
     for (xb, lb) in x.chunks(a.batch * item).zip(labels.chunks(a.batch)) {
@@ -106,8 +114,10 @@ fn run_raw(a: RunArgs) -> Result<()> {
 
 fn attack_cmd(a: AttackArgs) -> Result<()> {
     let side = sidecar_path(&a.model);
-    let text = std::fs::read_to_string(&side).with_context(|| format!("cannot read the model's sidecar {}", side.display()))?;
-    let pipeline = parse_meta(&text).with_context(|| format!("{} is not a valid model sidecar", side.display()))?.pipeline;
+    let text = std::fs::read_to_string(&side)
+        .with_context(|| format!("cannot read the model's sidecar {}", side.display()))?;
+    let pipeline =
+        parse_meta(&text).with_context(|| format!("{} is not a valid model sidecar", side.display()))?.pipeline;
     let engine = Engine::load(&a.model, a.batch, pipeline.crop as usize)?;
     let grad = super::GradModel::load(&a.model, a.batch)?;
     let source = Source::open(&a.data, Some(engine.num_classes), a.per_class, a.seed)?;

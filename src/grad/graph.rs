@@ -152,13 +152,19 @@ pub fn a_float(name: &str, v: f32) -> AttributeProto {
 }
 
 pub fn a_str(name: &str, v: &str) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::String as i32, s: v.as_bytes().to_vec(), ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::String as i32,
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
+    }
 }
 
 /// A one-element float tensor attribute (ConstantOfShape's `value`: tract
 /// does not apply the ONNX default of f32 zero).
 pub fn a_f32_tensor(name: &str, v: f32) -> AttributeProto {
-    let t = pb::TensorProto { dims: vec![1], data_type: DataType::Float as i32, float_data: vec![v], ..Default::default() };
+    let t =
+        pb::TensorProto { dims: vec![1], data_type: DataType::Float as i32, float_data: vec![v], ..Default::default() };
     AttributeProto { name: name.into(), r#type: AttributeType::Tensor as i32, t: Some(t), ..Default::default() }
 }
 
@@ -314,18 +320,25 @@ impl Facts {
     pub fn shape(&self, name: &str, node: &NodeProto) -> Result<&Shape> {
         self.shapes.get(name).with_context(|| {
             let why = self.why.get(name).map(|w| format!(" ({w})")).unwrap_or_default();
-            format!("{}: the shape of '{name}' could not be inferred{why}; it must be static apart from the batch", node_label(node))
+            format!(
+                "{}: the shape of '{name}' could not be inferred{why}; it must be static apart from the batch",
+                node_label(node)
+            )
         })
     }
 
     pub fn ints(&self, name: &str, node: &NodeProto) -> Result<&[i64]> {
         self.consts.get(name).and_then(|c| c.ints.as_deref()).with_context(|| {
-            format!("{}: input '{name}' must be a constant integer tensor (initializer or Constant node)", node_label(node))
+            format!(
+                "{}: input '{name}' must be a constant integer tensor (initializer or Constant node)",
+                node_label(node)
+            )
         })
     }
 
     pub fn collect(graph: &pb::GraphProto, input: &str, input_shape: Shape) -> Result<Facts> {
-        let consts: HashMap<String, Const> = graph.initializer.iter().map(|t| (t.name.clone(), decode_const(t))).collect();
+        let consts: HashMap<String, Const> =
+            graph.initializer.iter().map(|t| (t.name.clone(), decode_const(t))).collect();
         let shapes = consts.iter().map(|(n, c)| (n.clone(), c.dims.iter().map(|&d| Dim::fixed(d)).collect())).collect();
         let mut f = Facts { consts, shapes, why: HashMap::new() };
         f.shapes.insert(input.to_string(), input_shape);
@@ -377,7 +390,13 @@ fn pool_out(node: &NodeProto, x: &[Dim], kernel: &[i64]) -> Result<Shape> {
 }
 
 /// The begin/end pads a Conv or pool applies, with `auto_pad` resolved.
-pub fn explicit_pads(node: &NodeProto, spatial: &[i64], kernel: &[i64], strides: &[i64], dil: &[i64]) -> Result<Vec<i64>> {
+pub fn explicit_pads(
+    node: &NodeProto,
+    spatial: &[i64],
+    kernel: &[i64],
+    strides: &[i64],
+    dil: &[i64],
+) -> Result<Vec<i64>> {
     let n = kernel.len();
     match attr_s(node, "auto_pad").as_deref().unwrap_or("NOTSET") {
         "NOTSET" | "" => Ok(attr_ints(node, "pads").unwrap_or_else(|| vec![0; 2 * n])),
@@ -413,7 +432,8 @@ fn infer(node: &NodeProto, f: &Facts) -> Result<Vec<Option<Shape>>> {
             let mut acc = x;
             for i in 1..node.input.len() {
                 let Some(o) = s(i) else { return Ok(vec![None]) };
-                acc = broadcast(&acc, &o).with_context(|| format!("cannot broadcast {} with {}", show(&acc), show(&o)))?;
+                acc = broadcast(&acc, &o)
+                    .with_context(|| format!("cannot broadcast {} with {}", show(&acc), show(&o)))?;
             }
             one(acc)
         }
@@ -460,7 +480,8 @@ fn infer(node: &NodeProto, f: &Facts) -> Result<Vec<Option<Shape>>> {
             if x.len() < 2 || b.len() < 2 {
                 bail!("MatMul of 1-D operands is not supported");
             }
-            let batch = broadcast(&x[..x.len() - 2], &b[..b.len() - 2]).context("MatMul batch dims do not broadcast")?;
+            let batch =
+                broadcast(&x[..x.len() - 2], &b[..b.len() - 2]).context("MatMul batch dims do not broadcast")?;
             let mut out = batch;
             out.push(x[x.len() - 2]);
             out.push(b[b.len() - 1]);
@@ -485,9 +506,11 @@ fn infer(node: &NodeProto, f: &Facts) -> Result<Vec<Option<Shape>>> {
             if let Some(hole) = out.iter().position(|d| d.is_none()) {
                 let known = product(&out.iter().flatten().copied().collect::<Vec<_>>());
                 let total = product(&x);
-                out[hole] = Some(total.div(known).with_context(|| {
-                    format!("cannot resolve -1 in Reshape of {} to {target:?}", show(&x))
-                })?);
+                out[hole] = Some(
+                    total
+                        .div(known)
+                        .with_context(|| format!("cannot resolve -1 in Reshape of {} to {target:?}", show(&x)))?,
+                );
             }
             one(out.into_iter().map(|d| d.unwrap()).collect())
         }

@@ -34,8 +34,24 @@ pub const LABELS_INPUT: &str = "labels";
 
 /// Ops whose outputs carry no gradient (integer or piecewise-constant results).
 const NO_GRADIENT: &[&str] = &[
-    "Shape", "Size", "ArgMax", "ArgMin", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not", "And",
-    "Or", "NonZero", "ConstantOfShape", "Sign", "Floor", "Ceil", "Round",
+    "Shape",
+    "Size",
+    "ArgMax",
+    "ArgMin",
+    "Equal",
+    "Greater",
+    "Less",
+    "GreaterOrEqual",
+    "LessOrEqual",
+    "Not",
+    "And",
+    "Or",
+    "NonZero",
+    "ConstantOfShape",
+    "Sign",
+    "Floor",
+    "Ceil",
+    "Round",
 ];
 
 /// How the input gradient relates to the model's true derivative.
@@ -115,7 +131,11 @@ pub fn build(model: &pb::ModelProto) -> Result<(pb::ModelProto, GradInfo)> {
     let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let inputs: Vec<&ValueInfoProto> = graph.input.iter().filter(|i| !inits.contains(i.name.as_str())).collect();
     let [input] = inputs.as_slice() else {
-        bail!("a classifier has one image input; this model has {}: {:?}", inputs.len(), inputs.iter().map(|i| &i.name).collect::<Vec<_>>())
+        bail!(
+            "a classifier has one image input; this model has {}: {:?}",
+            inputs.len(),
+            inputs.iter().map(|i| &i.name).collect::<Vec<_>>()
+        )
     };
     let (elem, dims) = tensor_dims(input).with_context(|| format!("input '{}' has no tensor shape", input.name))?;
     if elem != DataType::Float as i32 {
@@ -175,7 +195,7 @@ pub fn build(model: &pb::ModelProto) -> Result<(pb::ModelProto, GradInfo)> {
         Some([b, k]) if *b == in_shape[0] && k.value().is_some_and(|k| k >= 2) => k.value().unwrap(),
         s => bail!(
             "output 0 '{logits}' has shape {}; a gradient needs a class vector [batch, classes] of logits",
-            s.map(|s| graph::show(s)).unwrap_or_else(|| "unknown (not inferable through the graph's ops)".into())
+            s.map(graph::show).unwrap_or_else(|| "unknown (not inferable through the graph's ops)".into())
         ),
     };
 

@@ -11,16 +11,49 @@
 use anyhow::{bail, Context, Result};
 use tract_onnx::pb::{tensor_proto::DataType, NodeProto};
 
-use super::graph::{a_f32_tensor, a_float, a_int, a_ints, a_str, attr, attr_f, attr_i, attr_ints, explicit_pads, norm_axis, product,
-                   reduce_axes, show, Builder, Dim, Facts, Shape};
+use super::graph::{
+    a_f32_tensor, a_float, a_int, a_ints, a_str, attr, attr_f, attr_i, attr_ints, explicit_pads, norm_axis, product,
+    reduce_axes, show, Builder, Dim, Facts, Shape,
+};
 
 /// Ops whose backward rule exists. Checked for every node on the path from
 /// the input to the logits before anything is written.
 pub const SUPPORTED: &[&str] = &[
-    "Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv", "DequantizeLinear", "Div", "Erf", "Exp",
-    "Flatten", "Gather", "Gemm", "GlobalAveragePool", "HardSigmoid", "HardSwish", "Identity", "LayerNormalization",
-    "LogSoftmax", "MatMul", "MaxPool", "Mul", "Neg", "QuantizeLinear", "ReduceMean", "ReduceSum", "Relu", "Reshape",
-    "Sigmoid", "Softmax", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
+    "Add",
+    "AveragePool",
+    "BatchNormalization",
+    "Clip",
+    "Concat",
+    "Conv",
+    "DequantizeLinear",
+    "Div",
+    "Erf",
+    "Exp",
+    "Flatten",
+    "Gather",
+    "Gemm",
+    "GlobalAveragePool",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+    "LayerNormalization",
+    "LogSoftmax",
+    "MatMul",
+    "MaxPool",
+    "Mul",
+    "Neg",
+    "QuantizeLinear",
+    "ReduceMean",
+    "ReduceSum",
+    "Relu",
+    "Reshape",
+    "Sigmoid",
+    "Softmax",
+    "Squeeze",
+    "Sub",
+    "Tanh",
+    "Transpose",
+    "Unsqueeze",
 ];
 
 /// Which inputs of an op carry a gradient at all (the rest are weights, shapes,
@@ -162,9 +195,9 @@ pub fn backward(cx: &mut Ctx, node: &NodeProto, dys: &[Option<String>]) -> Resul
             g = cx.b.op("Expand", &[&g, &shape], vec![]);
             if op == "ReduceMean" {
                 let dims: Vec<Dim> = axes.iter().map(|&a| xs[a]).collect();
-                let count = product(&dims).value().with_context(|| {
-                    format!("ReduceMean over a batch-sized axis of {} is not supported", show(&xs))
-                })?;
+                let count = product(&dims)
+                    .value()
+                    .with_context(|| format!("ReduceMean over a batch-sized axis of {} is not supported", show(&xs)))?;
                 g = cx.b.scale(&g, 1.0 / count as f32);
             }
             one(g)
@@ -203,7 +236,11 @@ pub fn backward(cx: &mut Ctx, node: &NodeProto, dys: &[Option<String>]) -> Resul
             let idx = cx.facts.ints(&node.input[1], node)?;
             let dim = xs[axis].value().context("Gather along a batch-sized axis is not supported")?;
             if idx.len() != 1 || !cx.shape(&node.input[1], node)?.is_empty() {
-                bail!("{}: only a scalar constant index is supported (got {} indices)", super::graph::node_label(node), idx.len());
+                bail!(
+                    "{}: only a scalar constant index is supported (got {} indices)",
+                    super::graph::node_label(node),
+                    idx.len()
+                );
             }
             let i = if idx[0] < 0 { idx[0] + dim } else { idx[0] };
             let g = cx.b.unsqueeze(&dy, &[axis as i64]);
@@ -282,7 +319,12 @@ fn quantize_ste(cx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<String> {
         bail!("{label}: per-channel quantisation of an activation is not supported");
     }
     let dt = match zp {
-        Some(z) => cx.facts.consts.get(z).map(|c| c.data_type).with_context(|| format!("{label}: zero point must be a constant"))?,
+        Some(z) => cx
+            .facts
+            .consts
+            .get(z)
+            .map(|c| c.data_type)
+            .with_context(|| format!("{label}: zero point must be a constant"))?,
         None => DataType::Uint8 as i32,
     };
     let (lo, hi, field): (i32, i32, DataType) = match DataType::try_from(dt) {
@@ -372,9 +414,8 @@ fn conv(cx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Vec<(usize, String)>
     let pads = explicit_pads(node, &spatial, &kernel, &strides, &dil)?;
     // ConvTranspose with `output_shape` is resolved differently by tract and
     // onnxruntime (TRACT-NOTES.md); explicit pads + output_padding agree.
-    let out_pad: Vec<i64> = (0..n)
-        .map(|i| (spatial[i] + pads[i] + pads[i + n] - ((kernel[i] - 1) * dil[i] + 1)) % strides[i])
-        .collect();
+    let out_pad: Vec<i64> =
+        (0..n).map(|i| (spatial[i] + pads[i] + pads[i + n] - ((kernel[i] - 1) * dil[i] + 1)) % strides[i]).collect();
     let attrs = vec![
         a_ints("strides", &strides),
         a_ints("pads", &pads),
@@ -393,7 +434,8 @@ fn average_pool(cx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Vec<(usize, 
     let n = xs.len() - 2;
     let c = xs[1].value().context("channel count must be static")?;
     let kernel = attr_ints(node, "kernel_shape").context("kernel_shape missing")?;
-    let spatial: Vec<i64> = xs[2..].iter().map(|d| d.value().context("spatial size must be static")).collect::<Result<_>>()?;
+    let spatial: Vec<i64> =
+        xs[2..].iter().map(|d| d.value().context("spatial size must be static")).collect::<Result<_>>()?;
     let out: Vec<i64> = ys[2..].iter().map(|d| d.value().unwrap()).collect();
     let strides = attr_ints(node, "strides").unwrap_or_else(|| vec![1; n]);
     let dil = attr_ints(node, "dilations").unwrap_or_else(|| vec![1; n]);

@@ -536,7 +536,30 @@ impl Report {
             "weights": self.weights.0,
             "models": models,
             "rank_correlation": self.rank_correlation(),
+            "warnings": self.warnings(),
         })
+    }
+
+    /// Things a reader of the numbers must know.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let pixel: Vec<String> = self
+            .runs
+            .iter()
+            .filter(|r| r.header.adversarial_mode == "pixel")
+            .map(|r| format!("{} {}", r.header.model_name, r.header.precision.as_str()))
+            .collect();
+        if self.normalisation == Normalisation::Paper && !pixel.is_empty() {
+            w.push(format!(
+                "adversarial robustness of {} comes from pixel mode, but the study's constants (0.186 ± 0.111) come from its \
+                 reference procedure: rerun with --adversarial-mode reference for a comparable QUBA",
+                pixel.join(", ")
+            ));
+        }
+        if self.runs.iter().any(|r| r.header.gradient == "ste") {
+            w.push("int8 attacks use straight-through gradients through quantisation; a gradient-masking model can look robust".into());
+        }
+        w
     }
 
     /// Spearman between every pair of dimensions measured on ≥ 3 models.
@@ -624,6 +647,9 @@ impl Report {
             for (d, why) in &res.missing {
                 s += &format!("— {}: {why}\n", d.label());
             }
+        }
+        for w in self.warnings() {
+            s += &format!("note: {w}\n");
         }
         if self.runs.iter().any(|r| r.status != RunStatus::Complete) {
             s += "* run interrupted: values cover the records received before the stream stopped\n";

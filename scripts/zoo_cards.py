@@ -51,13 +51,14 @@ def cell(m, key):
 def section(name, fp32, int8, results):
     any_m = fp32 or int8
     proto = any_m["protocol"]
+    grads = ", ".join(f"{m['protocol']['gradient']} for {m['precision']}" for m in (fp32, int8) if m)
     lines = [
         BEGIN,
         "## Measured by quba",
         "",
         f"`quba eval` (no arguments) on the in-memory synthetic benchmark: {proto['dataset_root']}, "
         f"{proto['per_class'] or 50} images per class of the clean and shifted sets, 10 per class corrupted 75 ways and attacked "
-        f"(FGSM/PGD {proto['adversarial_mode']} mode, gradient {proto['gradient']}), seed {proto['seed']}, tool {proto['tool_version']}, "
+        f"(FGSM/PGD {proto['adversarial_mode']} mode; gradient: {grads}), seed {proto['seed']}, tool {proto['tool_version']}, "
         f"target {any_m['target']}. Brackets: 95 % bootstrap intervals. QUBA is normalised over the "
         f"{len(results['models'])} runs of the zoo ({results['normalisation']} normalisation).",
         "",

@@ -54,14 +54,17 @@ def main():
     ap.add_argument("--fixture", action="store_true", help="write tests/data/grad/parity*.{json,f16}")
     ap.add_argument("--docs", default=os.path.join(ROOT, "docs/gradients.md"))
     ap.add_argument("--from-log", help="only re-render the docs table from the JSON lines a previous run printed")
+    ap.add_argument("--synth-size", type=int, default=64, help="side of the synthetic images (the models' input size)")
+    ap.add_argument("--tag", default="PARITY", help="the marked block of --docs that receives the table")
     args = ap.parse_args()
     if args.from_log:
         rows = [json.loads(line) for line in open(args.from_log) if line.startswith("{")]
-        replace_block(args.docs, "PARITY", render_table(rows) + f"\n\n{rows[0]['n']} inputs per model (seed {args.seed}).")
+        replace_block(args.docs, args.tag, render_table(rows) + f"\n\n{rows[0]['n']} inputs per model (seed {args.seed}).")
         return
     tmp = tempfile.mkdtemp(prefix="grad_parity")
     data = os.path.join(tmp, "synth")
-    subprocess.run([args.quba, "data", "synth", "--out", data, "--splits", "val", "--per-class", "4"], check=True)
+    subprocess.run([args.quba, "data", "synth", "--out", data, "--splits", "val", "--per-class", "4", "--size", str(args.synth_size)],
+                   check=True)
     rows, fixture = [], []
     for path in sorted(glob.glob(args.models)):
         stem = os.path.basename(path)[: -len(".onnx")]
@@ -118,7 +121,7 @@ def main():
     if args.fixture:
         with open(os.path.join(ROOT, "tests/data/grad/parity.json"), "w") as f:
             json.dump(dict(generator="scripts/grad_parity.py", reference="torch float64 autograd", entries=fixture), f, indent=1)
-    replace_block(args.docs, "PARITY", render_table(rows) + f"\n\n{args.n} inputs per model (seed {args.seed}).")
+    replace_block(args.docs, args.tag, render_table(rows) + f"\n\n{args.n} inputs per model (seed {args.seed}).")
 
 
 def render_table(rows):

@@ -11,7 +11,6 @@ use std::time::Instant;
 use quba_edge::engine::Engine;
 use quba_edge::grad::GradModel;
 
-const SIDE: usize = 64;
 
 fn median_ms(mut f: impl FnMut(), reps: usize) -> f64 {
     f();
@@ -37,11 +36,14 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn one(path: &Path, reps: usize) {
-    let engine = Engine::load(path, 1, SIDE).expect("forward model");
+    // The input side is the model's own (its sidecar's crop): 64 for the zoo, 224 for Lite0.
+    let meta = std::fs::read_to_string(quba_edge::suite::sidecar_path(path)).expect("model sidecar");
+    let side = quba_edge::suite::parse_meta(&meta).expect("valid sidecar").pipeline.crop as usize;
+    let engine = Engine::load(path, 1, side).expect("forward model");
     let t0 = Instant::now();
     let grad = GradModel::load(path, 1).expect("gradient model");
     let build_s = t0.elapsed().as_secs_f64();
-    let x: Vec<f32> = (0..3 * SIDE * SIDE).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let x: Vec<f32> = (0..3 * side * side).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
     let fwd = median_ms(|| drop(engine.logits(&x, 1).unwrap()), reps);
     let fb = median_ms(|| drop(grad.logits_and_grad(&x, &[3]).unwrap()), reps);
     println!(

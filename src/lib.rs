@@ -20,6 +20,10 @@ pub mod quba;
 pub mod progress;
 #[cfg(feature = "host")]
 pub mod report;
+#[cfg(feature = "host")]
+pub mod compare;
+#[cfg(feature = "host")]
+pub mod board;
 pub mod suite;
 pub mod synth;
 pub mod transport;

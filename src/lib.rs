@@ -20,6 +20,8 @@ pub mod quba;
 pub mod progress;
 #[cfg(feature = "host")]
 pub mod report;
+#[cfg(feature = "host")]
+pub mod compare;
 pub mod suite;
 pub mod synth;
 pub mod transport;

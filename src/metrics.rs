@@ -320,7 +320,7 @@ pub fn gmean(values: &[f64]) -> f64 {
 /// numpy's default ("linear") quantile of sorted, non-empty `xs`, including
 /// its two-sided lerp, so our interval endpoints match `np.percentile` to the
 /// last bit rather than to a rounding.
-fn quantile_sorted(xs: &[f64], q: f64) -> f64 {
+pub fn quantile_sorted(xs: &[f64], q: f64) -> f64 {
     let n = xs.len();
     let virt = (n - 1) as f64 * q;
     let lo = (virt.floor() as usize).min(n - 1);

@@ -67,8 +67,8 @@ impl Run {
         Ok(Run { dir: dir.to_path_buf(), header, records, failures, end, status: manifest.status, duplicates, decode })
     }
 
-    pub fn records_of(&self, set: ProbeSet) -> impl Iterator<Item = &Record> {
-        self.records.iter().filter(move |r| r.set == set)
+    pub fn all_records(&self) -> Records<'_> {
+        Records { dir: &self.dir, header: &self.header, records: self.records.iter().collect() }
     }
 }
 
@@ -91,7 +91,7 @@ struct Clean {
 }
 
 impl Clean {
-    fn from_run(run: &Run) -> Result<Option<Clean>> {
+    fn from_run(run: &Records) -> Result<Option<Clean>> {
         let k = run.header.num_classes as usize;
         let mut c = Clean { labels: vec![], preds: vec![], probs: vec![], k };
         for r in run.records_of(ProbeSet::Clean) {
@@ -123,6 +123,25 @@ pub struct EvalOptions {
 }
 
 pub fn evaluate(run: &Run, opts: &EvalOptions) -> Result<ModelResult> {
+    evaluate_records(&run.all_records(), opts)
+}
+
+/// The records a computation sees: all of a run's, or a resample of them
+/// (`compare` draws the same samples from two runs), without copying the
+/// probability vectors.
+pub struct Records<'a> {
+    pub dir: &'a Path,
+    pub header: &'a Header,
+    pub records: Vec<&'a Record>,
+}
+
+impl Records<'_> {
+    pub fn records_of(&self, set: ProbeSet) -> impl Iterator<Item = &Record> {
+        self.records.iter().copied().filter(move |r| r.set == set)
+    }
+}
+
+pub fn evaluate_records(run: &Records, opts: &EvalOptions) -> Result<ModelResult> {
     let mut res = ModelResult {
         values: [None; 9],
         intervals: [None; 9],
@@ -187,7 +206,7 @@ struct Decisions {
 impl Decisions {
     /// Where the run kept the model's full vectors, the host decides again
     /// from them with the same mapping code the device used.
-    fn of(run: &Run, set: ProbeSet) -> Decisions {
+    fn of(run: &Records, set: ProbeSet) -> Decisions {
         let decision = run.header.mapping.decision(set);
         let k = run.header.num_classes as usize;
         let mut scores = Vec::new();
@@ -220,7 +239,7 @@ impl Decisions {
 /// Adversarial robustness (PROTOCOL.md, dimension 2): gmean of the PGD and
 /// FGSM accuracies, each divided by the clean accuracy on the same images
 /// (paired: the interval resamples images, not attacks, independently).
-fn adversarial_dimension(run: &Run, opts: &EvalOptions, res: &mut ModelResult) {
+fn adversarial_dimension(run: &Records, opts: &EvalOptions, res: &mut ModelResult) {
     use std::collections::HashMap;
     let correct = |set: ProbeSet| -> HashMap<u32, bool> {
         run.records_of(set).map(|r| (r.sample, r.prediction == r.label)).collect()
@@ -275,7 +294,7 @@ fn adversarial_dimension(run: &Run, opts: &EvalOptions, res: &mut ModelResult) {
 /// Corruption robustness (PROTOCOL.md, dimension 3): for each corruption the
 /// mean over severities of accuracy / clean accuracy, then the mean over the
 /// 15 corruptions. Every cell's accuracy and relative accuracy are kept.
-fn corruption_dimension(run: &Run, opts: &EvalOptions, res: &mut ModelResult) {
+fn corruption_dimension(run: &Records, opts: &EvalOptions, res: &mut ModelResult) {
     let clean = Decisions::of(run, ProbeSet::Clean);
     let mut cells: Vec<Vec<Decisions>> = Vec::new();
     let mut absent = Vec::new();
@@ -339,7 +358,7 @@ fn corruption_dimension(run: &Run, opts: &EvalOptions, res: &mut ModelResult) {
 /// OOD robustness, shape bias and object focus: accuracies on shifted sets,
 /// relative to the clean accuracy where PROTOCOL.md says so, each with its
 /// parts and a bootstrap interval over all the sets it uses.
-fn shifted_dimensions(run: &Run, opts: &EvalOptions, res: &mut ModelResult) {
+fn shifted_dimensions(run: &Records, opts: &EvalOptions, res: &mut ModelResult) {
     let clean = Decisions::of(run, ProbeSet::Clean);
     let ci = |sets: &[&Decisions], salt: u64, stat: &dyn Fn(&[Vec<usize>]) -> f64| {
         (opts.bootstrap > 0)

@@ -80,6 +80,14 @@ fn describe(run: &Run) -> String {
     format!("{} {} {} {}", h.model_name, h.precision.as_str(), h.target, h.backend.as_str())
 }
 
+fn index(run: &Run) -> HashMap<(ProbeSet, u32), &Record> {
+    run.records.iter().map(|r| ((r.set, r.sample), r)).collect()
+}
+
+fn view<'a>(run: &'a Run, records: Vec<&'a Record>) -> Records<'a> {
+    Records { dir: &run.dir, header: &run.header, records }
+}
+
 /// The clean samples' ids are shared by the sets derived from them.
 fn family(set: ProbeSet) -> ProbeSet {
     match set {
@@ -107,7 +115,6 @@ pub fn compare(a: &Run, b: &Run, opts: &CompareOptions) -> Result<Comparison> {
     if ha.num_classes != hb.num_classes {
         bail!("{} has {} classes, {} has {}", a.dir.display(), ha.num_classes, b.dir.display(), hb.num_classes);
     }
-    let index = |run: &Run| -> HashMap<(ProbeSet, u32), &Record> { run.records.iter().map(|r| ((r.set, r.sample), r)).collect() };
     let (ia, ib) = (index(a), index(b));
     // Pairs sorted by key so a seed gives the same interval whatever the arrival order.
     let mut pairs: Vec<((ProbeSet, u32), &Record, &Record)> =
@@ -121,7 +128,6 @@ pub fn compare(a: &Run, b: &Run, opts: &CompareOptions) -> Result<Comparison> {
     let clean_agreement =
         (!clean.is_empty()).then(|| clean.iter().filter(|p| p.1.prediction == p.2.prediction).count() as f64 / clean.len() as f64);
 
-    let view = |run: &'_ Run, recs: Vec<&'_ Record>| -> Records<'_> { Records { dir: &run.dir, header: &run.header, records: recs } };
     let values = |ra: Vec<&Record>, rb: Vec<&Record>| -> Result<[(Option<f64>, Option<f64>); 9]> {
         let none = EvalOptions { bootstrap: 0, seed: 0 };
         let va = evaluate_records(&view(a, ra), &none)?.values;

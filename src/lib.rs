@@ -22,6 +22,10 @@ pub mod progress;
 pub mod report;
 #[cfg(feature = "host")]
 pub mod compare;
+#[cfg(feature = "host")]
+pub mod export;
+#[cfg(feature = "host")]
+pub mod html;
 pub mod suite;
 pub mod synth;
 pub mod transport;

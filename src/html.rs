@@ -442,7 +442,8 @@ fn scatter(rep: &Report, st: &[Style], study: Option<&[TableRow]>) -> String {
         circle(&mut svg, "model", i, &res.values, &run_label(run), &format!("r=\"6\" fill=\"{}\" fill-opacity=\"0.8\" stroke-width=\"2\" {}", st[i].colour, st[i].stroke()));
     }
     svg += "</svg>";
-    let json_text = serde_json::to_string(&data).unwrap_or_default().replace("</", "<\\/").replace("<!--", "<\\!--");
+    // `<` as a JSON escape: no name can end the script element or open a comment in it.
+    let json_text = serde_json::to_string(&data).unwrap_or_default().replace('<', "\\u003c");
     let _ = write!(
         s,
         "{svg}<script type=\"application/json\" id=\"scatter-data\">{json_text}</script><script type=\"application/json\" id=\"scatter-frame\">{}</script>",
@@ -786,6 +787,7 @@ function draw(){var kx=+document.getElementById('sx').value,ky=+document.getElem
  document.querySelectorAll('#scatter circle').forEach(function(c){var p=(c.getAttribute('class')==='study'?D.study:D.models)[+c.getAttribute('data-i')][1];
   if(p[kx]===null||p[ky]===null){c.setAttribute('display','none');}else{c.removeAttribute('display');c.setAttribute('cx',X(p[kx]));c.setAttribute('cy',Y(p[ky]));}});}
 document.getElementById('sx').addEventListener('change',draw);document.getElementById('sy').addEventListener('change',draw);
+draw();
 })();
 "#;
 

@@ -24,6 +24,10 @@ pub mod report;
 pub mod compare;
 #[cfg(feature = "host")]
 pub mod board;
+#[cfg(feature = "host")]
+pub mod export;
+#[cfg(feature = "host")]
+pub mod html;
 pub mod suite;
 pub mod synth;
 pub mod transport;

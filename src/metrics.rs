@@ -104,12 +104,35 @@ fn ece_bin(conf: f64, bins: usize) -> usize {
 /// k/15 (which float32 probabilities other than 0 and 1 essentially never
 /// hit) both conventions give the same bins. NaN for no samples.
 pub fn ece(confidences: &[f64], correct: &[bool], bins: usize) -> f64 {
-    assert_eq!(confidences.len(), correct.len(), "ece: confidences and correctness differ in length");
-    assert!(bins > 0, "ece needs at least one bin");
+    let bins = reliability_bins(confidences, correct, bins);
     let n = confidences.len();
     if n == 0 {
         return f64::NAN;
     }
+    bins.iter()
+        .filter(|b| b.count > 0)
+        .map(|b| (b.count as f64 / n as f64) * (b.accuracy - b.confidence).abs())
+        .sum()
+}
+
+/// One equal-width confidence bin of ECE: what a reliability diagram draws.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReliabilityBin {
+    /// The bin is `(lower, upper]` (bin 0 also holds a confidence of 0).
+    pub lower: f64,
+    pub upper: f64,
+    pub count: usize,
+    /// Mean top-1 confidence of the bin's samples; NaN for an empty bin.
+    pub confidence: f64,
+    /// Fraction of the bin's samples whose top-1 was right; NaN for an empty bin.
+    pub accuracy: f64,
+}
+
+/// The bins `ece` sums over, so a reliability diagram shows exactly the gaps
+/// that make up the reported ECE.
+pub fn reliability_bins(confidences: &[f64], correct: &[bool], bins: usize) -> Vec<ReliabilityBin> {
+    assert_eq!(confidences.len(), correct.len(), "ece: confidences and correctness differ in length");
+    assert!(bins > 0, "ece needs at least one bin");
     let mut count = vec![0usize; bins];
     let mut sum_conf = vec![0.0f64; bins];
     let mut sum_hit = vec![0.0f64; bins];
@@ -119,15 +142,18 @@ pub fn ece(confidences: &[f64], correct: &[bool], bins: usize) -> f64 {
         sum_conf[b] += c;
         sum_hit[b] += ok as u8 as f64;
     }
-    let mut total = 0.0;
-    for b in 0..bins {
-        if count[b] == 0 {
-            continue;
-        }
-        let nb = count[b] as f64;
-        total += (nb / n as f64) * (sum_hit[b] / nb - sum_conf[b] / nb).abs();
-    }
-    total
+    (0..bins)
+        .map(|b| {
+            let nb = count[b] as f64;
+            ReliabilityBin {
+                lower: b as f64 / bins as f64,
+                upper: (b + 1) as f64 / bins as f64,
+                count: count[b],
+                confidence: if count[b] == 0 { f64::NAN } else { sum_conf[b] / nb },
+                accuracy: if count[b] == 0 { f64::NAN } else { sum_hit[b] / nb },
+            }
+        })
+        .collect()
 }
 
 /// Adaptive calibration error (Nixon et al. 2019), as the study computes it
@@ -243,16 +269,22 @@ pub fn calibration_error(probs: &[f32], num_classes: usize, labels: &[usize]) ->
 /// ECE and ACE (15 bins each) of row-major N×K probabilities: the two parts
 /// of the calibration-error dimension, for callers that report them too.
 pub fn ece_and_ace(probs: &[f32], num_classes: usize, labels: &[usize]) -> (f64, f64) {
+    let (conf, correct) = top1(probs, num_classes, labels);
+    (ece(&conf, &correct, ECE_BINS), ace(probs, num_classes, labels, ECE_BINS))
+}
+
+/// The study's bin count for ECE and ACE.
+pub const ECE_BINS: usize = 15;
+
+/// Top-1 confidence and whether the top-1 was right, per row of row-major
+/// N×K probabilities: ECE's inputs, as torchmetrics forms them.
+pub fn top1(probs: &[f32], num_classes: usize, labels: &[usize]) -> (Vec<f64>, Vec<bool>) {
     let k = num_classes;
     assert_eq!(probs.len(), labels.len() * k, "calibration_error: probs is not N×K");
-    let mut conf = Vec::with_capacity(labels.len());
-    let mut correct = Vec::with_capacity(labels.len());
-    for (row, &y) in probs.chunks_exact(k).zip(labels) {
+    probs.chunks_exact(k).zip(labels).map(|(row, &y)| {
         let p = argmax(row);
-        conf.push(row[p] as f64);
-        correct.push(p == y);
-    }
-    (ece(&conf, &correct, 15), ace(probs, k, labels, 15))
+        (row[p] as f64, p == y)
+    }).unzip()
 }
 
 /// Class balance (PROTOCOL.md item 6): `gmean(1 − std_k(acc_k), 1 −
@@ -576,6 +608,21 @@ mod tests {
         assert_close!(ece(&[0.2, 0.21], &[true, false], 15), 0.505);
         // Zero goes to bin 0 together with 0.05: acc 1/2, conf 0.025 → 0.475.
         assert_close!(ece(&[0.0, 0.05], &[true, false], 15), 0.475);
+    }
+
+    #[test]
+    fn reliability_bins_hold_what_ece_sums() {
+        // 0.3 → bin 4 with one hit of two; 0.9 → bin 13 with two hits; 1.0 → bin 14.
+        let b = reliability_bins(&[0.3, 0.3, 0.9, 0.9, 1.0], &[false, true, true, true, false], 15);
+        assert_eq!(b.len(), 15);
+        assert_eq!(b.iter().map(|x| x.count).collect::<Vec<_>>(), [0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 2, 1]);
+        assert_close!(b[4].accuracy, 0.5);
+        assert_close!(b[4].confidence, 0.3);
+        assert_close!(b[13].upper, 14.0 / 15.0);
+        assert_close!(b[14].accuracy, 0.0);
+        assert!(b[0].accuracy.is_nan() && b[0].confidence.is_nan());
+        // ECE is their count-weighted gap: (2·0.2 + 2·0.1 + 1·1.0) / 5.
+        assert_close!(ece(&[0.3, 0.3, 0.9, 0.9, 1.0], &[false, true, true, true, false], 15), 1.6 / 5.0);
     }
 
     #[test]

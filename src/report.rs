@@ -442,6 +442,61 @@ fn shifted_dimensions(run: &Records, opts: &EvalOptions, res: &mut ModelResult) 
     }
 }
 
+/// The reliability diagram of a run's clean set: the equal-width bins whose
+/// gaps make up its ECE. `None` when the run has no clean records.
+pub fn reliability(run: &Run) -> Result<Option<Vec<metrics::ReliabilityBin>>> {
+    Ok(Clean::from_run(&run.all_records())?.map(|c| {
+        let (conf, correct) = metrics::top1(&c.probs, c.k, &c.labels);
+        metrics::reliability_bins(&conf, &correct, metrics::ECE_BINS)
+    }))
+}
+
+/// Cue-conflict decisions of one shape category, counted as `metrics::shape_bias` counts them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CueCategory {
+    pub category: String,
+    pub shape_hits: usize,
+    pub texture_hits: usize,
+    /// Images whose shape and texture differ (the others say nothing about the bias).
+    pub kept: usize,
+}
+
+/// Shape and texture hits per shape category of the cue-conflict set, in
+/// category order; empty when the run has no cue-conflict records with cues.
+pub fn cue_conflict_by_category(run: &Run) -> Vec<CueCategory> {
+    let cc = Decisions::of(&run.all_records(), ProbeSet::CueConflict);
+    if cc.len() == 0 || cc.cue.iter().any(Option::is_none) {
+        return vec![];
+    }
+    let names = category_names(&run.header, ProbeSet::CueConflict);
+    let texture: Vec<u16> = cc.cue.iter().map(|c| c.unwrap_or_default()).collect();
+    let mut labels = cc.label.clone();
+    labels.sort_unstable();
+    labels.dedup();
+    labels
+        .into_iter()
+        .map(|l| {
+            let ix: Vec<usize> = (0..cc.len()).filter(|&j| cc.label[j] == l).collect();
+            let pick = |v: &[u16]| ix.iter().map(|&j| v[j]).collect::<Vec<_>>();
+            let (_, shape_hits, texture_hits, kept) = metrics::shape_bias(&pick(&cc.label), &pick(&texture), &pick(&cc.prediction));
+            let category = names.get(l as usize).cloned().unwrap_or_else(|| format!("class {l}"));
+            CueCategory { category, shape_hits, texture_hits, kept }
+        })
+        .collect()
+}
+
+/// Names of a probe set's labels where the benchmark fixes them (the study's
+/// 16 categories, the synthetic benchmark's classes); the header does not
+/// carry a custom dataset's folder names, so those stay empty.
+pub fn category_names(header: &Header, set: ProbeSet) -> Vec<String> {
+    let fixed: Vec<String> = if header.benchmark == "synth" {
+        crate::synth::CLASSES.iter().map(|c| c.to_string()).collect()
+    } else {
+        vec![]
+    };
+    header.mapping.categories(set, &fixed).unwrap_or_default()
+}
+
 pub struct Report {
     pub runs: Vec<Run>,
     pub results: Vec<ModelResult>,

@@ -184,6 +184,8 @@ struct EvalArgs {
     json: bool,
     #[command(flatten)]
     scoring: ScoringArgs,
+    #[command(flatten)]
+    files: ReportFiles,
 }
 
 #[derive(Args)]
@@ -198,6 +200,23 @@ struct ReportArgs {
     out: Option<PathBuf>,
     #[command(flatten)]
     scoring: ScoringArgs,
+    #[command(flatten)]
+    files: ReportFiles,
+}
+
+/// The report as files people open (`eval` writes all three into the runs
+/// directory unless told otherwise; `report` only those asked for).
+#[derive(Args)]
+struct ReportFiles {
+    /// Self-contained HTML report with charts (eval default: RUNS_DIR/report.html).
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// One row per model run (eval default: RUNS_DIR/results.csv).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// The same table as an Excel workbook (eval default: RUNS_DIR/results.xlsx).
+    #[arg(long)]
+    xlsx: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -473,10 +492,51 @@ fn eval(mut a: EvalArgs) -> Result<()> {
     }
     let out = a.out.clone().unwrap_or_else(|| a.runs_dir.join("results.json"));
     write_results(&rep, &out)?;
+    let in_runs = |given: &Option<PathBuf>, name: &str| Some(given.clone().unwrap_or_else(|| a.runs_dir.join(name)));
+    let files = ReportFiles {
+        html: in_runs(&a.files.html, "report.html"),
+        csv: in_runs(&a.files.csv, "results.csv"),
+        xlsx: in_runs(&a.files.xlsx, "results.xlsx"),
+    };
+    write_files(&rep, &files, &a.scoring)?;
     print_report(&rep, a.json);
     eprintln!("results: {}", out.display());
     Ok(())
 }
+
+/// |b − a| at or below this is "equal" in the report's comparisons.
+const COMPARE_TOLERANCE: f64 = 1e-3;
+
+fn write_files(rep: &report::Report, files: &ReportFiles, scoring: &ScoringArgs) -> Result<()> {
+    for p in [&files.html, &files.csv, &files.xlsx].into_iter().flatten() {
+        if let Some(parent) = p.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+    }
+    if files.csv.is_some() || files.xlsx.is_some() {
+        let table = quba_edge::export::table(rep);
+        if let Some(p) = &files.csv {
+            quba_edge::export::write_csv(&table, p)?;
+        }
+        if let Some(p) = &files.xlsx {
+            quba_edge::export::write_xlsx(&table, p)?;
+        }
+    }
+    if let Some(p) = &files.html {
+        let opts = quba_edge::compare::CompareOptions { bootstrap: scoring.bootstrap, seed: scoring.ci_seed, tolerance: COMPARE_TOLERANCE };
+        let pairs = quba_edge::html::pairs(&rep.runs, &opts);
+        let study = if rep.runs.iter().all(|r| r.header.benchmark == "imagenet") {
+            Some(quba::read_table(&shipped(STUDY_TABLE))?)
+        } else {
+            None
+        };
+        quba_edge::html::write(rep, &quba_edge::html::Extras { pairs: &pairs, study: study.as_deref() }, p)?;
+    }
+    Ok(())
+}
+
+/// The study's published 326-model table: the landscape of ImageNet reports.
+const STUDY_TABLE: &str = "data/reference/study_326_models.csv";
 
 fn eval_opts(s: &ScoringArgs) -> EvalOptions {
     EvalOptions { bootstrap: s.bootstrap, seed: s.ci_seed }
@@ -502,6 +562,7 @@ fn report_cmd(a: ReportArgs) -> Result<()> {
     if let Some(out) = &a.out {
         write_results(&rep, out)?;
     }
+    write_files(&rep, &a.files, &a.scoring)?;
     print_report(&rep, a.json);
     Ok(())
 }

@@ -49,6 +49,7 @@ def main():
     ap.add_argument("--model", default=str(ROOT / "models" / "zoo" / "resnet-baseline.fp32.onnx"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "corruption-accuracy-parity.md"))
     ap.add_argument("--only", help="comma-separated corruptions to re-measure; other rows are kept from --out")
+    ap.add_argument("--severities", default="1,2,3,4,5", help="with --only: the severities to re-measure")
     ap.add_argument("--jobs", type=int, default=1, help="processes for the reference (it is pure Python for glass blur)")
     a = ap.parse_args()
     only = a.only.split(",") if a.only else NAMES
@@ -89,7 +90,7 @@ def main():
         rows = []
         for c in NAMES:
             for s in range(1, 6):
-                if c not in only:
+                if c not in only or str(s) not in a.severities.split(","):
                     rows.append((c, s) + kept[(c, s)])
                     continue
                 dst = tmp / f"{c}-{s}"

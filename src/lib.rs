@@ -25,6 +25,8 @@ pub mod compare;
 #[cfg(feature = "host")]
 pub mod board;
 #[cfg(feature = "host")]
+pub mod deploy;
+#[cfg(feature = "host")]
 pub mod export;
 #[cfg(feature = "host")]
 pub mod html;

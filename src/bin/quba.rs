@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use quba_edge::board;
+use quba_edge::{board, deploy};
 use quba_edge::progress;
 use quba_edge::quba::{self, Dimension, Normalisation, Weights};
 use quba_edge::report::{self, EvalOptions, Run};
@@ -176,6 +176,16 @@ struct EvalArgs {
     /// parallelism, memory budget and subset size; flags given explicitly win.
     #[arg(long)]
     board: Option<String>,
+    /// Run on the board over SSH (user@host; needs --board): the device binary and the
+    /// models are copied there and the results stream back through the session.
+    #[arg(long, requires = "board")]
+    ssh: Option<String>,
+    /// Extra ssh arguments, split on spaces, e.g. "-p 2222 -i /home/me/.ssh/pi".
+    #[arg(long, requires = "ssh", allow_hyphen_values = true)]
+    ssh_args: Option<String>,
+    /// Folder on the board for the device binary and the models.
+    #[arg(long, requires = "ssh", default_value = "/tmp/quba-edge")]
+    remote_dir: String,
     /// Where to write results.json (default: RUNS_DIR/results.json).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -346,9 +356,54 @@ fn zoo_models() -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-fn device_command(a: &EvalArgs) -> Result<Vec<String>> {
+/// Where the device runs when it is not this machine: the SSH session and the
+/// board-side paths of what was copied there.
+struct Remote {
+    ssh: deploy::Ssh,
+    bin: String,
+    models: std::collections::HashMap<PathBuf, String>,
+}
+
+fn deploy_remote(a: &EvalArgs, dest: &str, models: &[PathBuf]) -> Result<Remote> {
+    let s = &a.suite;
+    if !s.is_synth() || s.mvh.is_some() || s.imagenet_r.is_some() || s.bg_challenge.is_some() || s.imagenet_c.is_some() || s.frost_dir.is_some() {
+        bail!(
+            "--ssh copies the device binary and the models only; the synthetic benchmark and generated corruptions need \
+             nothing on the board, but datasets on disk (--data, --mvh, --imagenet-r, --bg-challenge, --imagenet-c, \
+             --frost-dir) would have to be copied there first: run quba-device on the board with `--out tcp://` instead"
+        );
+    }
+    if s.pipeline.as_deref().is_some_and(|p| p != "imagenet") {
+        bail!("--ssh copies each model's sidecar <model>.json; a --pipeline file is not copied");
+    }
+    let ssh = deploy::Ssh {
+        dest: dest.to_string(),
+        args: a.ssh_args.as_deref().map(|x| x.split_whitespace().map(String::from).collect()).unwrap_or_default(),
+        dir: a.remote_dir.clone(),
+    };
+    ssh.mkdir()?;
+    let local_bin = a.device_bin.as_ref().context("--ssh needs the board's device binary (from --board or --device-bin)")?;
+    let bin = ssh.upload(local_bin, true)?;
+    let mut remote_models = std::collections::HashMap::new();
+    for m in models {
+        for f in deploy::model_files(m) {
+            let r = ssh.upload(&f, false)?;
+            if f == *m {
+                remote_models.insert(m.clone(), r);
+            }
+        }
+    }
+    eprintln!("copied {} and {} model(s) to {dest}:{}", local_bin.display(), models.len(), ssh.dir);
+    Ok(Remote { ssh, bin, models: remote_models })
+}
+
+fn device_command(a: &EvalArgs, remote: Option<&Remote>) -> Result<Vec<String>> {
     let me = std::env::current_exe().context("cannot locate this executable")?;
     let mut cmd: Vec<String> = a.launcher.as_deref().map(|l| l.split_whitespace().map(String::from).collect()).unwrap_or_default();
+    if let Some(r) = remote {
+        cmd.extend([r.bin.clone(), "run".into()]);
+        return Ok(cmd);
+    }
     match &a.device_bin {
         Some(b) => cmd.extend([b.display().to_string(), "run".into()]),
         None => {
@@ -365,13 +420,21 @@ fn device_command(a: &EvalArgs) -> Result<Vec<String>> {
 
 /// Runs one model's device process and ingests its stream; the run
 /// directory, also when the device stopped early (what arrived is kept).
-fn eval_one(a: &EvalArgs, base: &[String], model: &Path, progress: &progress::Progress) -> Result<PathBuf> {
+fn eval_one(a: &EvalArgs, base: &[String], remote: Option<&Remote>, model: &Path, progress: &progress::Progress) -> Result<PathBuf> {
     let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let dir = transport::run_dir_for(&a.runs_dir, &stem);
-    let run = RunArgs { model: model.to_path_buf(), suite: a.suite.clone(), run_id: None, pause_ms: 0 };
-    let mut child = Command::new(&base[0])
-        .args(&base[1..])
-        .args(run.to_args())
+    let device_model = remote.map_or_else(|| model.to_path_buf(), |r| PathBuf::from(&r.models[model]));
+    let run = RunArgs { model: device_model, suite: a.suite.clone(), run_id: None, pause_ms: 0 };
+    let argv: Vec<String> = base.iter().cloned().chain(run.to_args()).collect();
+    let mut cmd = match remote {
+        Some(r) => r.ssh.command(&argv),
+        None => {
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+    };
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -416,16 +479,18 @@ fn eval_one(a: &EvalArgs, base: &[String], model: &Path, progress: &progress::Pr
 fn apply_board(a: &mut EvalArgs, models: &[PathBuf]) -> Result<Option<board::Board>> {
     let Some(spec) = &a.board else { return Ok(None) };
     let b = board::load(spec)?;
-    let Some(launcher) = &b.launcher else {
+    if b.launcher.is_none() && a.ssh.is_none() {
         bail!(
-            "{} is a real board ({}): build its binary with `{}`, copy it there with the model, run              `quba-device run --model M --out tcp://HOST:PORT --token T` on it and receive with `quba listen` here",
+            "{} is a real board ({}): build its binary with `{}`, copy it there with the model, run              `quba-device run --model M --out tcp://HOST:PORT --token T` on it and receive with `quba listen` here, \
+             or give --ssh user@host to do all that over SSH",
             b.name,
             b.board,
             b.build_command()
         );
-    };
+    }
+    // On the board's side of an SSH session too: QEMU profiles emulate there.
     if a.launcher.is_none() {
-        a.launcher = Some(launcher.clone());
+        a.launcher = b.launcher.clone();
     }
     if a.device_bin.is_none() {
         let me = std::env::current_exe().context("cannot locate this executable")?;
@@ -452,7 +517,8 @@ fn eval(mut a: EvalArgs) -> Result<()> {
     let weights = a.scoring.weights()?;
     let models = if a.models.is_empty() { zoo_models()? } else { a.models.clone() };
     let board = apply_board(&mut a, &models)?;
-    let base = device_command(&a)?;
+    let remote = a.ssh.as_deref().map(|dest| deploy_remote(&a, dest, &models)).transpose()?;
+    let base = device_command(&a, remote.as_ref())?;
     // Device runs are single-threaded and independent: one per core.
     let jobs = a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).clamp(1, models.len());
     let shown = progress::Progress::new(a.progress);
@@ -464,7 +530,7 @@ fn eval(mut a: EvalArgs) -> Result<()> {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let Some(model) = models.get(i) else { break };
-                let r = eval_one(&a, &base, model, &shown);
+                let r = eval_one(&a, &base, remote.as_ref(), model, &shown);
                 let failed = r.is_err();
                 slots_lock.lock().unwrap()[i] = Some(r);
                 if failed {

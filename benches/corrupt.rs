@@ -2,9 +2,11 @@
 //!
 //! A plain harness, as `benches/stream.rs`: every corruption runs at every
 //! severity on the same synthetic images (the shipped benchmark rendered at
-//! 224 px), median of 5 passes. `scripts/corruption_parity.py --bench` runs
-//! this and times the Python reference on the same images in the same run.
-//! `-- --json` prints one JSON object per corruption instead of the table.
+//! 224 px), median of 5 passes, one thread. `scripts/corruption_bench.py`
+//! runs this and times the Python reference on the same images in the same
+//! run. `-- --json` prints one JSON object per corruption instead of the
+//! table; `-- --save-images DIR` writes the images it corrupts as PNGs so the
+//! reference sees the very same pixels.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -16,6 +18,14 @@ fn main() {
     let json = std::env::args().any(|a| a == "--json");
     let cfg = SynthConfig { size: 224, ..SynthConfig::default() };
     let images: Vec<image::RgbImage> = (0..4).map(|i| render(&cfg, Split::Val, i * 37).image).collect();
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(dir) = args.iter().position(|a| a == "--save-images").and_then(|i| args.get(i + 1)) {
+        std::fs::create_dir_all(dir).expect("cannot create the --save-images folder");
+        for (i, img) in images.iter().enumerate() {
+            let path = std::path::Path::new(dir).join(format!("{i}.png"));
+            img.save(&path).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        }
+    }
     let opts = CorruptOptions::default();
     for c in Corruption::ALL {
         let mut times = Vec::new();

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+import refcompat  # noqa: F401  (imagecorruptions on the pinned scikit-image)
 from imagecorruptions import corrupt as ref_corrupt
 import imagecorruptions.corruptions as refmod
 from scipy import ndimage

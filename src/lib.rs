@@ -23,6 +23,8 @@ pub mod report;
 #[cfg(feature = "host")]
 pub mod compare;
 #[cfg(feature = "host")]
+pub mod board;
+#[cfg(feature = "host")]
 pub mod export;
 #[cfg(feature = "host")]
 pub mod html;

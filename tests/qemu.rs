@@ -149,6 +149,55 @@ fn nine_dimensions_under_qemu_match_x86() {
         let differ: Vec<_> = da.iter().zip(&dx).filter(|(p, q)| p != q).collect();
         assert!(differ.is_empty(), "{} {}: {} decisions differ, e.g. {:?}", a["name"], a["precision"], differ.len(), &differ[..differ.len().min(5)]);
         assert_eq!(a["dimensions"], x["dimensions"], "{} {}", a["name"], a["precision"]);
+        // The parity report a user reads: board (b) against the x86 reference (a).
+        let out = Command::new(env!("CARGO_BIN_EXE_quba"))
+            .args(["compare", x["run"]["dir"].as_str().unwrap(), a["run"]["dir"].as_str().unwrap(), "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let c: Value = serde_json::from_slice(&out.stdout).unwrap();
+        eprintln!("{} {}: aarch64 vs x86 top-1 agreement {}", a["name"], a["precision"], c["agreement"]);
+        assert!(c["agreement"].as_f64().unwrap() >= 0.995, "{c}");
+        for (name, d) in c["dimensions"].as_object().unwrap() {
+            assert_eq!(d["verdict"], "equal", "{name}: {d}");
+        }
     }
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+/// `--board qemu-aarch64` finds the cross-built binary from the profile's
+/// triple, runs it under the profile's QEMU launcher with its subset size
+/// (1 image per class), and says clearly what a real board needs instead.
+#[test]
+fn board_profile_runs_under_qemu() {
+    let Some(_) = arm_binary() else { return };
+    let t = std::env::temp_dir().join(format!("quba-board-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&t);
+    let out = Command::new(env!("CARGO_BIN_EXE_quba"))
+        .arg("eval")
+        .arg("--model")
+        .arg(root().join("models/zoo/cnn-baseline.int8.onnx"))
+        .args(["--board", "qemu-aarch64", "--probes", "clean", "--bootstrap", "0", "--json", "--runs-dir"])
+        .arg(&t)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = &v["models"][0];
+    assert_eq!(m["target"], "aarch64-unknown-linux-gnu");
+    assert_eq!(m["protocol"]["per_class"], 1);
+    assert_eq!(m["samples"]["accuracy"], 16);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_quba"))
+        .arg("eval")
+        .arg("--model")
+        .arg(root().join("models/zoo/cnn-baseline.int8.onnx"))
+        .args(["--board", "pi4", "--runs-dir"])
+        .arg(&t)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pi4 is a real board") && err.contains("--target aarch64-unknown-linux-gnu"), "{err}");
     let _ = std::fs::remove_dir_all(&t);
 }

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use quba_edge::board;
 use quba_edge::progress;
 use quba_edge::quba::{self, Dimension, Normalisation, Weights};
 use quba_edge::report::{self, EvalOptions, Run};
@@ -35,6 +36,8 @@ enum Cmd {
     Eval(EvalArgs),
     /// Recompute the dimensions and QUBA from stored runs.
     Report(ReportArgs),
+    /// Paired comparison of two runs (board vs host, int8 vs fp32): agreement, deltas, verdicts.
+    Compare(CompareArgs),
     /// Write one JSON object per stored record.
     Export(ExportArgs),
     /// QUBA for a table of measured values in the study's CSV layout.
@@ -169,6 +172,10 @@ struct EvalArgs {
     /// Device binary to launch (default: quba-device beside this binary, else this binary's `device run`).
     #[arg(long)]
     device_bin: Option<PathBuf>,
+    /// Board profile (targets/NAME.json, or a path to one): its device binary, launcher,
+    /// parallelism, memory budget and subset size; flags given explicitly win.
+    #[arg(long)]
+    board: Option<String>,
     /// Where to write results.json (default: RUNS_DIR/results.json).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -210,6 +217,24 @@ struct ReportFiles {
     /// The same table as an Excel workbook (eval default: RUNS_DIR/results.xlsx).
     #[arg(long)]
     xlsx: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// Reference run (e.g. the x86 host run, or fp32).
+    run_a: PathBuf,
+    /// Run compared with it (e.g. the board run, or int8); deltas are b − a.
+    run_b: PathBuf,
+    #[arg(long)]
+    json: bool,
+    /// Paired bootstrap resamples for the delta intervals.
+    #[arg(long, default_value_t = 200)]
+    bootstrap: usize,
+    #[arg(long = "ci-seed", default_value_t = 0)]
+    ci_seed: u64,
+    /// |b − a| at or below this is "equal" whatever the interval says.
+    #[arg(long, default_value_t = 1e-3)]
+    tolerance: f64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -264,6 +289,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Eval(a) => eval(a),
         Cmd::Report(a) => report_cmd(a),
+        Cmd::Compare(a) => compare(a),
         Cmd::Export(a) => export(a),
         Cmd::Score(a) => score(a),
         Cmd::Ingest(a) => ingest(std::io::stdin().lock(), &a.run_dir, "stdin", None).map(|m| summary(&a.run_dir, &m)),
@@ -385,9 +411,47 @@ fn eval_one(a: &EvalArgs, base: &[String], model: &Path, progress: &progress::Pr
     }
 }
 
-fn eval(a: EvalArgs) -> Result<()> {
+/// Fills what the board profile decides and the user did not, and refuses a
+/// run that cannot work before any model is loaded.
+fn apply_board(a: &mut EvalArgs, models: &[PathBuf]) -> Result<Option<board::Board>> {
+    let Some(spec) = &a.board else { return Ok(None) };
+    let b = board::load(spec)?;
+    let Some(launcher) = &b.launcher else {
+        bail!(
+            "{} is a real board ({}): build its binary with `{}`, copy it there with the model, run              `quba-device run --model M --out tcp://HOST:PORT --token T` on it and receive with `quba listen` here",
+            b.name,
+            b.board,
+            b.build_command()
+        );
+    };
+    if a.launcher.is_none() {
+        a.launcher = Some(launcher.clone());
+    }
+    if a.device_bin.is_none() {
+        let me = std::env::current_exe().context("cannot locate this executable")?;
+        let bin = b.device_binary(&me).context("cannot derive the target directory from this executable's path")?;
+        if !bin.exists() {
+            bail!("{} needs the device binary {}; build it with `{}`", b.name, bin.display(), b.build_command());
+        }
+        a.device_bin = Some(bin);
+    }
+    if a.jobs.is_none() && b.jobs > 0 {
+        a.jobs = Some(b.jobs);
+    }
+    if a.suite.per_class.is_none() {
+        a.suite.per_class = Some(b.per_class);
+    }
+    for m in models {
+        let int8 = quba_edge::engine::read_facts(m)?.precision == quba_edge::protocol::Precision::Int8;
+        b.check_memory(m, int8)?;
+    }
+    Ok(Some(b))
+}
+
+fn eval(mut a: EvalArgs) -> Result<()> {
     let weights = a.scoring.weights()?;
     let models = if a.models.is_empty() { zoo_models()? } else { a.models.clone() };
+    let board = apply_board(&mut a, &models)?;
     let base = device_command(&a)?;
     // Device runs are single-threaded and independent: one per core.
     let jobs = a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).clamp(1, models.len());
@@ -415,6 +479,17 @@ fn eval(a: EvalArgs) -> Result<()> {
         dirs.push(r?);
     }
     let rep = report::build(&dirs, a.scoring.normalisation.map(Into::into), weights, &eval_opts(&a.scoring))?;
+    if let Some(b) = &board {
+        for run in &rep.runs {
+            let peak_mb = run.end.as_ref().map_or(0, |e| e.peak_rss_kb >> 10);
+            if peak_mb > b.memory_budget_mb {
+                eprintln!(
+                    "warning: {} peaked at {peak_mb} MB, over the {} budget of {} MB",
+                    run.header.model_name, b.name, b.memory_budget_mb
+                );
+            }
+        }
+    }
     let out = a.out.clone().unwrap_or_else(|| a.runs_dir.join("results.json"));
     write_results(&rep, &out)?;
     let in_runs = |given: &Option<PathBuf>, name: &str| Some(given.clone().unwrap_or_else(|| a.runs_dir.join(name)));
@@ -489,6 +564,18 @@ fn report_cmd(a: ReportArgs) -> Result<()> {
     }
     write_files(&rep, &a.files, &a.scoring)?;
     print_report(&rep, a.json);
+    Ok(())
+}
+
+fn compare(a: CompareArgs) -> Result<()> {
+    let (ra, rb) = (Run::load(&a.run_a)?, Run::load(&a.run_b)?);
+    let opts = quba_edge::compare::CompareOptions { bootstrap: a.bootstrap, seed: a.ci_seed, tolerance: a.tolerance };
+    let c = quba_edge::compare::compare(&ra, &rb, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&c.to_json())?);
+    } else {
+        print!("{}", c.table());
+    }
     Ok(())
 }
 

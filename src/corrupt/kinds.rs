@@ -221,8 +221,11 @@ fn glass_blur(x: &mut Ctx) -> RgbImage {
     let delta = x.pixels(delta) as isize;
     let blurred = filters::gaussian_filter(&x.unit64(), w, h, 3, (sigma, sigma), 4.0, Border::Nearest);
     let mut px: Vec<u8> = blurred.iter().map(|&v| (v * 255.0) as u8).collect();
-    // The reference's local shuffle: rows and columns from the far edge − δ down to δ + 1, each pixel
-    // swapped with one at (dy, dx) drawn from [−δ, δ) (numpy randint excludes the top), dx first.
+    // The reference's local "shuffle": rows and columns from the far edge − δ down to δ + 1, each
+    // pixel paired with one at (dy, dx) drawn from [−δ, δ) (numpy randint excludes the top), dx
+    // first. Its tuple swap `x[h, w], x[h', w'] = x[h', w'], x[h, w]` assigns numpy *views*: the
+    // first store overwrites the pixel the second then reads, so (h, w) takes (h', w')'s value and
+    // (h', w') keeps its own. Pixels are copied, not swapped, and ImageNet-C was made that way.
     for _ in 0..iters {
         for hh in (delta + 1..=h as isize - delta).rev() {
             for ww in (delta + 1..=w as isize - delta).rev() {
@@ -230,9 +233,7 @@ fn glass_blur(x: &mut Ctx) -> RgbImage {
                 let dy = x.rng.int_range(-delta as i32, delta as i32) as isize;
                 let a = (hh as usize * w + ww as usize) * 3;
                 let b = ((hh + dy) as usize * w + (ww + dx) as usize) * 3;
-                for k in 0..3 {
-                    px.swap(a + k, b + k);
-                }
+                px.copy_within(b..b + 3, a);
             }
         }
     }

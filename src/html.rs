@@ -118,16 +118,19 @@ impl Scale {
         self.r0 + (v - self.d0) / (self.d1 - self.d0) * (self.r1 - self.r0)
     }
 
-    /// About five round-numbered ticks inside the domain.
-    fn ticks(&self) -> Vec<f64> {
+    /// About five round-numbered ticks inside the domain, as (value, label);
+    /// labels carry as many decimals as the step needs.
+    fn ticks(&self) -> Vec<(f64, String)> {
         let span = self.d1 - self.d0;
         let raw = span / 5.0;
         let mag = 10f64.powf(raw.log10().floor());
         let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| span / s <= 6.0).unwrap_or(10.0 * mag);
+        let decimals = (-step.log10().floor()).max(0.0) as usize;
         let mut t = (self.d0 / step).ceil() * step;
         let mut out = Vec::new();
         while t <= self.d1 + step * 1e-9 {
-            out.push(if t.abs() < step * 1e-9 { 0.0 } else { t });
+            let v = if t.abs() < step * 1e-9 { 0.0 } else { t };
+            out.push((v, format!("{v:.decimals$}")));
             t += step;
         }
         out
@@ -152,13 +155,13 @@ fn padded(vals: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
 fn axes(svg: &mut String, x: &Scale, y: &Scale, xlabel: &str, ylabel: &str) {
     let (top, bottom, left, right) = (y.r1, y.r0, x.r0, x.r1);
     let _ = write!(svg, "<g class=\"axes\"><path class=\"frame\" d=\"M{left:.1},{top:.1}V{bottom:.1}H{right:.1}\"/>");
-    for t in x.ticks() {
+    for (t, label) in x.ticks() {
         let px = x.at(t);
-        let _ = write!(svg, "<line class=\"grid\" x1=\"{px:.1}\" x2=\"{px:.1}\" y1=\"{top:.1}\" y2=\"{bottom:.1}\"/><text class=\"tick\" x=\"{px:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>", bottom + 12.0, num(t));
+        let _ = write!(svg, "<line class=\"grid\" x1=\"{px:.1}\" x2=\"{px:.1}\" y1=\"{top:.1}\" y2=\"{bottom:.1}\"/><text class=\"tick\" x=\"{px:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}</text>", bottom + 12.0);
     }
-    for t in y.ticks() {
+    for (t, label) in y.ticks() {
         let py = y.at(t);
-        let _ = write!(svg, "<line class=\"grid\" x1=\"{left:.1}\" x2=\"{right:.1}\" y1=\"{py:.1}\" y2=\"{py:.1}\"/><text class=\"tick\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>", left - 4.0, py + 3.0, num(t));
+        let _ = write!(svg, "<line class=\"grid\" x1=\"{left:.1}\" x2=\"{right:.1}\" y1=\"{py:.1}\" y2=\"{py:.1}\"/><text class=\"tick\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>", left - 4.0, py + 3.0);
     }
     let _ = write!(
         svg,
@@ -186,7 +189,7 @@ pub struct Pair {
 /// on the same target and backend; and runs of the same ONNX file (sha256) on
 /// different targets or backends, the earlier run as the reference.
 pub fn pairs(runs: &[Run], opts: &CompareOptions) -> Vec<Pair> {
-    let mut out = Vec::new();
+    let mut todo: Vec<(&'static str, &Run, &Run)> = Vec::new();
     let platform = |r: &Run| (r.header.target.clone(), r.header.backend);
     for (i, a) in runs.iter().enumerate() {
         for (j, b) in runs.iter().enumerate() {
@@ -202,10 +205,18 @@ pub fn pairs(runs: &[Run], opts: &CompareOptions) -> Vec<Pair> {
             } else {
                 continue;
             };
-            out.push(Pair { kind, result: compare::compare(a, b, opts).map_err(|e| format!("{e:#}")) });
+            todo.push((kind, a, b));
         }
     }
-    out
+    // Each paired bootstrap re-evaluates both runs per resample: the zoo's
+    // eight pairs take long enough to be worth all cores.
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = todo
+            .iter()
+            .map(|&(kind, a, b)| scope.spawn(move || Pair { kind, result: compare::compare(a, b, opts).map_err(|e| format!("{e:#}")) }))
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a comparison thread panicked")).collect()
+    })
 }
 
 /// Everything the page shows beyond the report itself.
@@ -770,18 +781,17 @@ const JS: &str = r#"
 var el=document.getElementById('scatter-data');if(!el)return;
 var D=JSON.parse(el.textContent),F=JSON.parse(document.getElementById('scatter-frame').textContent);
 var L=F[2],R=F[3],T=F[4],B=F[5],NS='http://www.w3.org/2000/svg';
-function fmt(v){if(v===0)return'0';var d=Math.min(6,Math.max(0,3-Math.floor(Math.log10(Math.abs(v)))));return v.toFixed(d);}
 function range(k){var lo=Infinity,hi=-Infinity;D.models.concat(D.study).forEach(function(p){var v=p[1][k];if(v!==null){lo=Math.min(lo,v);hi=Math.max(hi,v);}});
  if(lo>hi)return null;var m=(hi-lo)*0.05;lo-=m;hi+=m;if(!(hi>lo)){lo-=0.5*Math.max(Math.abs(lo),1e-3);hi+=0.5*Math.max(Math.abs(hi),1e-3);}return[lo,hi];}
 function ticks(r){var s=r[1]-r[0],mag=Math.pow(10,Math.floor(Math.log10(s/5))),st=[1,2,5,10].map(function(m){return m*mag;}).find(function(x){return s/x<=6;})||10*mag;
- var out=[];for(var t=Math.ceil(r[0]/st)*st;t<=r[1]+st*1e-9;t+=st)out.push(Math.abs(t)<st*1e-9?0:t);return out;}
+ var dec=Math.max(0,-Math.floor(Math.log10(st))),out=[];for(var t=Math.ceil(r[0]/st)*st;t<=r[1]+st*1e-9;t+=st){var v=Math.abs(t)<st*1e-9?0:t;out.push([v,v.toFixed(dec)]);}return out;}
 function el2(n,a,txt){var e=document.createElementNS(NS,n);for(var k in a)e.setAttribute(k,a[k]);if(txt!==undefined)e.textContent=txt;return e;}
 function draw(){var kx=+document.getElementById('sx').value,ky=+document.getElementById('sy').value,rx=range(kx),ry=range(ky);if(!rx||!ry)return;
  var X=function(v){return L+(v-rx[0])/(rx[1]-rx[0])*(R-L);},Y=function(v){return B+(v-ry[0])/(ry[1]-ry[0])*(T-B);};
  var g=document.getElementById('scatter-axes');while(g.firstChild)g.removeChild(g.firstChild);
  g.appendChild(el2('path',{'class':'frame',d:'M'+L+','+T+'V'+B+'H'+R}));
- ticks(rx).forEach(function(t){g.appendChild(el2('line',{'class':'grid',x1:X(t),x2:X(t),y1:T,y2:B}));g.appendChild(el2('text',{'class':'tick',x:X(t),y:B+12,'text-anchor':'middle'},fmt(t)));});
- ticks(ry).forEach(function(t){g.appendChild(el2('line',{'class':'grid',x1:L,x2:R,y1:Y(t),y2:Y(t)}));g.appendChild(el2('text',{'class':'tick',x:L-4,y:Y(t)+3,'text-anchor':'end'},fmt(t)));});
+ ticks(rx).forEach(function(t){g.appendChild(el2('line',{'class':'grid',x1:X(t[0]),x2:X(t[0]),y1:T,y2:B}));g.appendChild(el2('text',{'class':'tick',x:X(t[0]),y:B+12,'text-anchor':'middle'},t[1]));});
+ ticks(ry).forEach(function(t){g.appendChild(el2('line',{'class':'grid',x1:L,x2:R,y1:Y(t[0]),y2:Y(t[0])}));g.appendChild(el2('text',{'class':'tick',x:L-4,y:Y(t[0])+3,'text-anchor':'end'},t[1]));});
  g.appendChild(el2('text',{'class':'axis-label',x:(L+R)/2,y:B+26,'text-anchor':'middle'},D.labels[kx]));
  g.appendChild(el2('text',{'class':'axis-label',transform:'translate('+(L-34)+','+((T+B)/2)+') rotate(-90)','text-anchor':'middle'},D.labels[ky]));
  document.querySelectorAll('#scatter circle').forEach(function(c){var p=(c.getAttribute('class')==='study'?D.study:D.models)[+c.getAttribute('data-i')][1];
@@ -819,10 +829,10 @@ mod tests {
     #[test]
     fn ticks_are_round_and_inside() {
         let t = Scale::new((0.0, 1.0), 0.0, 100.0).ticks();
-        assert_eq!(t.len(), 6, "{t:?}");
-        assert!(t.iter().zip([0.0, 0.2, 0.4, 0.6, 0.8, 1.0]).all(|(a, b)| (a - b).abs() < 1e-12), "{t:?}");
+        assert_eq!(t.iter().map(|x| x.1.as_str()).collect::<Vec<_>>(), ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]);
         let t = Scale::new((0.013, 0.097), 0.0, 1.0).ticks();
-        assert!(t.iter().all(|v| (0.013..=0.097).contains(v)) && t.len() >= 3, "{t:?}");
+        assert!(t.iter().all(|v| (0.013..=0.097).contains(&v.0)) && t.len() >= 3, "{t:?}");
+        assert_eq!(Scale::new((0.7, 5.3), 0.0, 1.0).ticks().iter().map(|x| x.1.as_str()).collect::<Vec<_>>(), ["1", "2", "3", "4", "5"]);
     }
 
     #[test]

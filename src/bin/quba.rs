@@ -243,7 +243,7 @@ struct CompareArgs {
     #[arg(long = "ci-seed", default_value_t = 0)]
     ci_seed: u64,
     /// |b − a| at or below this is "equal" whatever the interval says.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = COMPARE_TOLERANCE)]
     tolerance: f64,
 }
 
@@ -570,7 +570,7 @@ fn eval(mut a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// |b − a| at or below this is "equal" in the report's comparisons.
+/// |b − a| at or below this is "equal", in `quba compare` and in the report's comparisons.
 const COMPARE_TOLERANCE: f64 = 1e-3;
 
 fn write_files(rep: &report::Report, files: &ReportFiles, scoring: &ScoringArgs) -> Result<()> {

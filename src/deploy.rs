@@ -9,7 +9,7 @@
 //! user, which `--ssh` refuses rather than guesses.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
@@ -72,16 +72,6 @@ impl Ssh {
         }
         Ok(remote)
     }
-}
-
-/// A model and the files the device reads beside it (its pipeline sidecar).
-pub fn model_files(model: &Path) -> Vec<PathBuf> {
-    let sidecar = model.with_extension("json");
-    let mut v = vec![model.to_path_buf()];
-    if sidecar.exists() {
-        v.push(sidecar);
-    }
-    v
 }
 
 #[cfg(test)]

@@ -356,6 +356,11 @@ fn zoo_models() -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// A command-line option holding a command prefix or extra arguments, split on spaces.
+fn words(arg: Option<&str>) -> Vec<String> {
+    arg.map(|x| x.split_whitespace().map(String::from).collect()).unwrap_or_default()
+}
+
 /// Where the device runs when it is not this machine: the SSH session and the
 /// board-side paths of what was copied there.
 struct Remote {
@@ -378,7 +383,7 @@ fn deploy_remote(a: &EvalArgs, dest: &str, models: &[PathBuf]) -> Result<Remote>
     }
     let ssh = deploy::Ssh {
         dest: dest.to_string(),
-        args: a.ssh_args.as_deref().map(|x| x.split_whitespace().map(String::from).collect()).unwrap_or_default(),
+        args: words(a.ssh_args.as_deref()),
         dir: a.remote_dir.clone(),
     };
     ssh.mkdir()?;
@@ -386,12 +391,12 @@ fn deploy_remote(a: &EvalArgs, dest: &str, models: &[PathBuf]) -> Result<Remote>
     let bin = ssh.upload(local_bin, true)?;
     let mut remote_models = std::collections::HashMap::new();
     for m in models {
-        for f in deploy::model_files(m) {
-            let r = ssh.upload(&f, false)?;
-            if f == *m {
-                remote_models.insert(m.clone(), r);
-            }
+        // The device reads the pipeline from the sidecar beside the model.
+        let sidecar = m.with_extension("json");
+        if sidecar.exists() {
+            ssh.upload(&sidecar, false)?;
         }
+        remote_models.insert(m.clone(), ssh.upload(m, false)?);
     }
     eprintln!("copied {} and {} model(s) to {dest}:{}", local_bin.display(), models.len(), ssh.dir);
     Ok(Remote { ssh, bin, models: remote_models })
@@ -399,7 +404,7 @@ fn deploy_remote(a: &EvalArgs, dest: &str, models: &[PathBuf]) -> Result<Remote>
 
 fn device_command(a: &EvalArgs, remote: Option<&Remote>) -> Result<Vec<String>> {
     let me = std::env::current_exe().context("cannot locate this executable")?;
-    let mut cmd: Vec<String> = a.launcher.as_deref().map(|l| l.split_whitespace().map(String::from).collect()).unwrap_or_default();
+    let mut cmd = words(a.launcher.as_deref());
     if let Some(r) = remote {
         cmd.extend([r.bin.clone(), "run".into()]);
         return Ok(cmd);

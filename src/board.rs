@@ -75,18 +75,25 @@ pub fn load(spec: &str) -> Result<Board> {
     bail!("no board profile {spec:?}; shipped: {} (or give a path to a .json profile)", shipped_names().join(", "))
 }
 
+/// The cargo profile boards get (Cargo.toml: size-optimised release).
+pub const DEVICE_PROFILE: &str = "device";
+
+/// Where `cargo build --profile device --target TRIPLE` puts the device binary.
+pub fn cross_device_binary(target_dir: &Path, triple: &str) -> PathBuf {
+    target_dir.join(triple).join(DEVICE_PROFILE).join("quba-device")
+}
+
 impl Board {
-    /// Where `cargo build --target TRIPLE` puts the device binary, found from
-    /// the host binary's own place in the same target directory.
+    /// The device binary, found from the host binary's own place in the same
+    /// target directory.
     pub fn device_binary(&self, host_exe: &Path) -> Option<PathBuf> {
-        let target_dir = host_exe.parent()?.parent()?;
-        Some(target_dir.join(&self.triple).join("release").join("quba-device"))
+        Some(cross_device_binary(host_exe.parent()?.parent()?, &self.triple))
     }
 
     /// The one command that builds this board's device binary.
     pub fn build_command(&self) -> String {
         let flags = if self.rustflags.is_empty() { String::new() } else { format!("RUSTFLAGS=\"{}\" ", self.rustflags) };
-        format!("{flags}cargo build --release --no-default-features --bin quba-device --target {}", self.triple)
+        format!("{flags}cargo build --profile {DEVICE_PROFILE} --no-default-features --bin quba-device --target {}", self.triple)
     }
 
     /// Refuses a model that would not fit before any time is spent on it.

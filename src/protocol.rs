@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// Bumped whenever a message layout changes incompatibly. Adding a variant at
 /// the end of an enum is compatible (postcard writes the discriminant as a
 /// varint), so old logs stay readable by newer hosts.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// ImageNet-1k is the widest label space the study uses.
 pub const MAX_CLASSES: usize = 1000;
@@ -146,7 +146,51 @@ pub const CORRUPTIONS: [&str; 15] = [
     "jpeg_compression",
 ];
 
+/// Groups of probe sets, one per dimension's data (`--probes` selects them;
+/// the `End` frame times them).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProbeGroup {
+    /// The clean validation set (accuracy, calibration, class balance).
+    Clean,
+    /// edge, silhouette, sketch, stylized, rendition (OOD robustness).
+    Ood,
+    /// cue-conflict (shape bias).
+    CueConflict,
+    /// mixed_same and mixed_rand (object focus).
+    Background,
+    /// The 15 ImageNet-C corruptions × 5 severities (corruption robustness).
+    Corruption,
+    /// FGSM and PGD (adversarial robustness).
+    Adversarial,
+}
+
+impl ProbeGroup {
+    pub const COUNT: usize = 6;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeGroup::Clean => "clean",
+            ProbeGroup::Ood => "ood",
+            ProbeGroup::CueConflict => "cue-conflict",
+            ProbeGroup::Background => "background",
+            ProbeGroup::Corruption => "corruption",
+            ProbeGroup::Adversarial => "adversarial",
+        }
+    }
+}
+
 impl ProbeSet {
+    pub fn group(self) -> ProbeGroup {
+        match self {
+            ProbeSet::Clean => ProbeGroup::Clean,
+            ProbeSet::Ood(_) => ProbeGroup::Ood,
+            ProbeSet::CueConflict => ProbeGroup::CueConflict,
+            ProbeSet::MixedSame | ProbeSet::MixedRand => ProbeGroup::Background,
+            ProbeSet::Corruption { .. } => ProbeGroup::Corruption,
+            ProbeSet::Adversarial(_) => ProbeGroup::Adversarial,
+        }
+    }
+
     /// The `set` name used in exports: `clean`, `corruption/gaussian_noise/3`, …
     pub fn name(&self) -> String {
         match self {
@@ -255,6 +299,30 @@ pub struct End {
     pub model_load_ms: u64,
     pub elapsed_ms: u64,
     pub peak_rss_kb: u64,
+    /// Per probe group, in the order they ran.
+    pub stages: heapless::Vec<Stage, { ProbeGroup::COUNT }>,
+}
+
+/// The device's time on one probe group. `images` counts every image the
+/// model was asked about (records and failures; an attacked image counts once
+/// per attack); `model_us` is the part inside the model's passes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    pub group: ProbeGroup,
+    pub images: u32,
+    pub elapsed_us: u64,
+    pub model_us: u64,
+}
+
+impl Stage {
+    pub fn images_per_second(&self) -> f64 {
+        self.images as f64 / (self.elapsed_us.max(1) as f64 * 1e-6)
+    }
+
+    /// Share of the stage's wall time spent in the model's own passes.
+    pub fn model_share(&self) -> f64 {
+        self.model_us as f64 / self.elapsed_us.max(1) as f64
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

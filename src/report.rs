@@ -582,7 +582,13 @@ impl Report {
                         "duplicates_dropped": run.duplicates,
                         "failures": run.failures.iter().map(|f| json!({"sample": f.sample, "path": f.path.as_str(), "error": f.message.as_str()})).collect::<Vec<_>>(),
                         "decode": run.decode,
-                        "end": run.end.as_ref().map(|e| json!({"model_load_ms": e.model_load_ms, "elapsed_ms": e.elapsed_ms, "peak_rss_kb": e.peak_rss_kb})),
+                        "end": run.end.as_ref().map(|e| json!({
+                            "model_load_ms": e.model_load_ms, "elapsed_ms": e.elapsed_ms, "peak_rss_kb": e.peak_rss_kb,
+                            "stages": e.stages.iter().map(|st| json!({
+                                "group": st.group.as_str(), "images": st.images, "elapsed_us": st.elapsed_us, "model_us": st.model_us,
+                                "images_per_second": st.images_per_second(), "model_share": st.model_share(),
+                            })).collect::<Vec<_>>(),
+                        })),
                     },
                     "protocol": {
                         "pipeline": h.pipeline,
@@ -688,6 +694,24 @@ impl Report {
                 Some(q) => format!("{q:>8.3}\n"),
                 None => format!("{:>8}\n", "—"),
             };
+        }
+        for run in &self.runs {
+            if let Some(e) = &run.end {
+                let stages: Vec<String> = e
+                    .stages
+                    .iter()
+                    .map(|st| format!("{} {:.0}/s ({:.0} % model)", st.group.as_str(), st.images_per_second(), 100.0 * st.model_share()))
+                    .collect();
+                s += &format!(
+                    "device {} {} on {}: load {} ms, peak RSS {} MB; {}\n",
+                    run.header.model_name,
+                    run.header.precision.as_str(),
+                    run.header.target,
+                    e.model_load_ms,
+                    e.peak_rss_kb >> 10,
+                    stages.join(", ")
+                );
+            }
         }
         let mut counts: Vec<usize> = self.results.iter().map(|r| r.samples[Dimension::Accuracy.index()].unwrap_or(0)).collect();
         counts.sort_unstable();

@@ -9,7 +9,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -22,8 +22,8 @@ use crate::data::{self, Labels, Source};
 use crate::engine::Engine;
 use crate::metrics::softmax_in_place;
 use crate::protocol::{
-    Attack, Backend, End, Failure, FrameEncoder, Header, Message, OodSet, Pipeline, ProbeSet, Probs, Record, MAX_CLASSES,
-    PROTOCOL_VERSION,
+    Attack, Backend, End, Failure, FrameEncoder, Header, Message, OodSet, Pipeline, ProbeSet, Probs, Record, Stage,
+    MAX_CLASSES, PROTOCOL_VERSION,
 };
 use crate::synth::Split;
 
@@ -31,22 +31,7 @@ use crate::synth::Split;
 pub const TARGET: &str = env!("QUBA_TARGET");
 pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Groups of probe sets a run can be limited to (`--probes`).
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProbeGroup {
-    /// The clean validation set (accuracy, calibration, class balance).
-    Clean,
-    /// edge, silhouette, sketch, stylized, rendition (OOD robustness).
-    Ood,
-    /// cue-conflict (shape bias).
-    CueConflict,
-    /// mixed_same and mixed_rand (object focus).
-    Background,
-    /// The 15 ImageNet-C corruptions × 5 severities (corruption robustness).
-    Corruption,
-    /// FGSM and PGD (adversarial robustness).
-    Adversarial,
-}
+pub use crate::protocol::ProbeGroup;
 
 /// Images per class that corruptions and attacks use on the synthetic
 /// benchmark unless told otherwise: 75 variants of every image, or eleven
@@ -257,7 +242,7 @@ pub fn parse_meta(text: &str) -> Result<ModelMeta> {
     Ok(serde_json::from_str(text)?)
 }
 
-fn peak_rss_kb() -> u64 {
+pub fn peak_rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -299,15 +284,15 @@ fn synth_split(set: ProbeSet) -> Option<Split> {
     })
 }
 
-const SHIFTED: [(ProbeSet, ProbeGroup); 8] = [
-    (ProbeSet::Ood(OodSet::Edge), ProbeGroup::Ood),
-    (ProbeSet::Ood(OodSet::Silhouette), ProbeGroup::Ood),
-    (ProbeSet::Ood(OodSet::Sketch), ProbeGroup::Ood),
-    (ProbeSet::Ood(OodSet::Stylized), ProbeGroup::Ood),
-    (ProbeSet::Ood(OodSet::Rendition), ProbeGroup::Ood),
-    (ProbeSet::CueConflict, ProbeGroup::CueConflict),
-    (ProbeSet::MixedSame, ProbeGroup::Background),
-    (ProbeSet::MixedRand, ProbeGroup::Background),
+const SHIFTED: [ProbeSet; 8] = [
+    ProbeSet::Ood(OodSet::Edge),
+    ProbeSet::Ood(OodSet::Silhouette),
+    ProbeSet::Ood(OodSet::Sketch),
+    ProbeSet::Ood(OodSet::Stylized),
+    ProbeSet::Ood(OodSet::Rendition),
+    ProbeSet::CueConflict,
+    ProbeSet::MixedSame,
+    ProbeSet::MixedRand,
 ];
 
 /// Where a shifted set lives on disk, in the real datasets' layouts; None when
@@ -373,8 +358,8 @@ fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_classes: usiz
     let mut probes = Vec::new();
     let clean = Source::open(&args.data, Some(num_classes), args.per_class, args.seed)?;
     let clean_classes = clean.classes();
-    for (set, group) in SHIFTED {
-        if !args.wants(group) {
+    for set in SHIFTED {
+        if !args.wants(set.group()) {
             continue;
         }
         let decision = mapping.decision(set);
@@ -504,26 +489,28 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
 
     let mut counts = Counts::default();
     let mut scratch = Scratch::new(&engine);
-    let mut ctx = Ctx { engine: &engine, pipeline: &pipeline, args, enc: &mut enc, out, counts: &mut counts };
+    let mut ctx = Ctx { engine: &engine, pipeline: &pipeline, args, enc: &mut enc, out, counts: &mut counts, model_time: Duration::ZERO };
+    let mut stages = Stages::new();
+    let s = &mut scratch;
     if plan.run_clean {
         let clean = Probe { set: ProbeSet::Clean, source: plan.clean, decision: Decision::Identity };
-        run_probe(&mut ctx, &clean, &mut scratch)?;
+        stages.time(&mut ctx, ProbeGroup::Clean, |c| run_probe(c, &clean, s))?;
         if let Some(g) = &plan.generated {
-            run_generated(&mut ctx, &clean.source, g, &mut scratch)?;
+            stages.time(&mut ctx, ProbeGroup::Corruption, |c| run_generated(c, &clean.source, g, s))?;
         }
         if let Some(a) = &plan.attacks {
-            run_attacks(&mut ctx, &clean.source, a, &mut scratch)?;
+            stages.time(&mut ctx, ProbeGroup::Adversarial, |c| run_attacks(c, &clean.source, a, s))?;
         }
     } else {
         if let Some(g) = &plan.generated {
-            run_generated(&mut ctx, &plan.clean, g, &mut scratch)?;
+            stages.time(&mut ctx, ProbeGroup::Corruption, |c| run_generated(c, &plan.clean, g, s))?;
         }
         if let Some(a) = &plan.attacks {
-            run_attacks(&mut ctx, &plan.clean, a, &mut scratch)?;
+            stages.time(&mut ctx, ProbeGroup::Adversarial, |c| run_attacks(c, &plan.clean, a, s))?;
         }
     }
     for probe in &plan.probes {
-        run_probe(&mut ctx, probe, &mut scratch)?;
+        stages.time(&mut ctx, probe.set.group(), |c| run_probe(c, probe, s))?;
     }
     let end = End {
         records: counts.records,
@@ -531,6 +518,7 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
         model_load_ms,
         elapsed_ms: started.elapsed().as_millis() as u64,
         peak_rss_kb: peak_rss_kb(),
+        stages: stages.0,
     };
     out.write_all(enc.encode(&Message::End(end.clone()))?)?;
     out.flush()?;
@@ -561,6 +549,37 @@ struct Counts {
     failures: u32,
 }
 
+/// Where the device's time went, per dimension's probe group, for the `End`
+/// frame: images per second, and the share spent in the model itself (the
+/// rest is decoding, corrupting, attack bookkeeping, encoding and I/O).
+struct Stages(heapless::Vec<Stage, { ProbeGroup::COUNT }>);
+
+impl Stages {
+    fn new() -> Self {
+        Stages(heapless::Vec::new())
+    }
+
+    fn time(&mut self, ctx: &mut Ctx, group: ProbeGroup, f: impl FnOnce(&mut Ctx) -> Result<()>) -> Result<()> {
+        let started = Instant::now();
+        let images = ctx.counts.records + ctx.counts.failures;
+        let model = ctx.model_time;
+        f(ctx)?;
+        let i = match self.0.iter().position(|st| st.group == group) {
+            Some(i) => i,
+            None => {
+                let fresh = Stage { group, images: 0, elapsed_us: 0, model_us: 0 };
+                self.0.push(fresh).expect("one stage per probe group");
+                self.0.len() - 1
+            }
+        };
+        let st = &mut self.0[i];
+        st.images += ctx.counts.records + ctx.counts.failures - images;
+        st.elapsed_us += started.elapsed().as_micros() as u64;
+        st.model_us += (ctx.model_time - model).as_micros() as u64;
+        Ok(())
+    }
+}
+
 /// Buffers reused across batches and probe sets: no per-record allocation.
 struct Scratch {
     input: Vec<f32>,
@@ -588,6 +607,8 @@ struct Ctx<'a> {
     enc: &'a mut FrameEncoder,
     out: &'a mut dyn Write,
     counts: &'a mut Counts,
+    /// Time inside the model's passes (forward, and backward for attacks).
+    model_time: Duration,
 }
 
 impl Ctx<'_> {
@@ -605,7 +626,9 @@ impl Ctx<'_> {
     fn classify(&mut self, set: ProbeSet, decision: &Decision, s: &mut Scratch) -> Result<()> {
         let full = set == ProbeSet::Clean || self.args.suite.full_probs;
         let k = self.engine.num_classes;
+        let t = Instant::now();
         let logits = self.engine.logits(&s.input, s.ids.len())?;
+        self.model_time += t.elapsed();
         for ((row, &id), l) in logits.chunks_exact(k).zip(&s.ids).zip(&s.loaded) {
             let mut probs = Probs::new();
             probs.extend_from_slice(row).expect("num_classes ≤ MAX_CLASSES checked above");
@@ -731,6 +754,7 @@ fn run_attacks(ctx: &mut Ctx, source: &Source, a: &Attacks, s: &mut Scratch) -> 
         let labels: Vec<i64> = s.loaded.iter().map(|l| l.label as i64).collect();
         let seeds: Vec<u64> = s.ids.iter().map(|&id| crate::attack::sample_seed(ctx.args.suite.seed, id as u64)).collect();
         for attack in ATTACKS {
+            let t = Instant::now();
             let adv = crate::attack::run(
                 &a.grad,
                 attack,
@@ -742,6 +766,7 @@ fn run_attacks(ctx: &mut Ctx, source: &Source, a: &Attacks, s: &mut Scratch) -> 
                 &seeds,
             )
             .with_context(|| format!("{} on samples {}…{}", ProbeSet::Adversarial(attack).name(), s.ids[0], s.ids[n - 1]))?;
+            ctx.model_time += t.elapsed();
             s.input[..n * per].copy_from_slice(&adv);
             ctx.classify(ProbeSet::Adversarial(attack), &Decision::Identity, s)?;
         }

@@ -1,9 +1,10 @@
-//! The board binary for real: `quba-device` cross-compiled for aarch64 runs
-//! under `qemu-aarch64` (Cortex-A72, a Pi 4's core) behind `quba eval
-//! --launcher`, and must make the same decisions as the x86 build.
+//! The board binary for real: `quba-device` cross-compiled for aarch64 and
+//! armv7 runs under qemu-user (the `qemu-aarch64` and `qemu-armv7` board
+//! profiles: Cortex-A72, a Pi 4's core, and Cortex-A15 in 32-bit mode) behind
+//! `quba eval`, and must make the same decisions as the x86 build.
 //!
-//! Needs `cargo build --release --no-default-features --bin quba-device
-//! --target aarch64-unknown-linux-gnu` first (`.ci/run` does it). Without that
+//! Needs `cargo build --profile device --no-default-features --bin quba-device
+//! --target TRIPLE` for both triples first (`.ci/run` does it). Without a
 //! binary the test says so and passes, unless QUBA_REQUIRE_ARM=1 (set by CI),
 //! where a missing binary is a failure.
 
@@ -49,17 +50,22 @@ fn predictions(run_dir: &str) -> Vec<(u64, u64, Vec<f64>)> {
         .collect()
 }
 
-/// The cross-built device binary, or None (test skipped) when it was not
-/// built and QUBA_REQUIRE_ARM is unset.
-fn arm_binary() -> Option<PathBuf> {
+/// A QEMU board profile and its cross-built device binary, or None (test
+/// skipped) when the binary was not built and QUBA_REQUIRE_ARM is unset.
+fn emulated(profile: &str) -> Option<(quba_edge::board::Board, PathBuf)> {
+    let board = quba_edge::board::load(profile).unwrap();
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
-    let bin = target_dir.join("aarch64-unknown-linux-gnu/release/quba-device");
+    let bin = quba_edge::board::cross_device_binary(&target_dir, &board.triple);
     if !bin.exists() {
         assert!(std::env::var("QUBA_REQUIRE_ARM").is_err(), "QUBA_REQUIRE_ARM is set but {} is missing", bin.display());
         eprintln!("skipping: {} not built", bin.display());
         return None;
     }
-    Some(bin)
+    Some((board, bin))
+}
+
+fn arm_binary() -> Option<PathBuf> {
+    emulated("qemu-aarch64").map(|(_, bin)| bin)
 }
 
 #[test]
@@ -99,9 +105,18 @@ fn aarch64_device_under_qemu_matches_x86() {
 /// must equal the native x86 run's — corruptions are byte-identical across
 /// targets and the attacks' random starts are seeded per sample.
 #[test]
-fn nine_dimensions_under_qemu_match_x86() {
-    let Some(bin) = arm_binary() else { return };
-    let t = std::env::temp_dir().join(format!("quba-qemu9-{}", std::process::id()));
+fn nine_dimensions_under_qemu_aarch64_match_x86() {
+    nine_dimensions_match_x86("qemu-aarch64");
+}
+
+#[test]
+fn nine_dimensions_under_qemu_armv7_match_x86() {
+    nine_dimensions_match_x86("qemu-armv7");
+}
+
+fn nine_dimensions_match_x86(profile: &str) {
+    let Some((board, bin)) = emulated(profile) else { return };
+    let t = std::env::temp_dir().join(format!("quba-qemu9-{profile}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&t);
     let run = |dir: &std::path::Path, extra: &[&str]| -> Value {
         let out = Command::new(env!("CARGO_BIN_EXE_quba"))
@@ -119,10 +134,8 @@ fn nine_dimensions_under_qemu_match_x86() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    let arm = run(
-        &t.join("arm"),
-        &["--launcher", "qemu-aarch64 -cpu cortex-a72 -L /usr/aarch64-linux-gnu", "--device-bin", bin.to_str().unwrap()],
-    );
+    let launcher = board.launcher.as_deref().unwrap();
+    let arm = run(&t.join("arm"), &["--launcher", launcher, "--device-bin", bin.to_str().unwrap()]);
     let x86 = run(&t.join("x86"), &[]);
     let decisions = |m: &Value| -> Vec<(String, u64, u64)> {
         let out = Command::new(env!("CARGO_BIN_EXE_quba")).args(["export", m["run"]["dir"].as_str().unwrap()]).output().unwrap();
@@ -138,7 +151,16 @@ fn nine_dimensions_under_qemu_match_x86() {
         v
     };
     for (a, x) in arm["models"].as_array().unwrap().iter().zip(x86["models"].as_array().unwrap()) {
-        assert_eq!(a["target"], "aarch64-unknown-linux-gnu");
+        assert_eq!(a["target"], board.triple.as_str());
+        // The board's own account of its time covers every probe group and image.
+        let stages = a["run"]["end"]["stages"].as_array().unwrap();
+        let groups: Vec<&str> = stages.iter().map(|st| st["group"].as_str().unwrap()).collect();
+        assert_eq!(groups, ["clean", "corruption", "adversarial", "ood", "cue-conflict", "background"]);
+        let images: u64 = stages.iter().map(|st| st["images"].as_u64().unwrap()).sum();
+        assert_eq!(images, a["run"]["records"].as_u64().unwrap());
+        for st in stages {
+            assert!(st["model_us"].as_u64().unwrap() <= st["elapsed_us"].as_u64().unwrap(), "{st}");
+        }
         for d in ["accuracy", "adversarial_robustness", "corruption_robustness", "ood_robustness", "object_focus", "shape_bias"] {
             assert!(x["dimensions"][d].is_number(), "{d} measured on x86: {}", x["missing"]);
         }
@@ -156,7 +178,7 @@ fn nine_dimensions_under_qemu_match_x86() {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let c: Value = serde_json::from_slice(&out.stdout).unwrap();
-        eprintln!("{} {}: aarch64 vs x86 top-1 agreement {}", a["name"], a["precision"], c["agreement"]);
+        eprintln!("{} {}: {} vs x86 top-1 agreement {}", a["name"], a["precision"], board.triple, c["agreement"]);
         assert!(c["agreement"].as_f64().unwrap() >= 0.995, "{c}");
         for (name, d) in c["dimensions"].as_object().unwrap() {
             assert_eq!(d["verdict"], "equal", "{name}: {d}");

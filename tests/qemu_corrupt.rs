@@ -18,7 +18,7 @@ const NAMES: [&str; 15] = [
 #[test]
 fn every_corruption_is_byte_identical_on_aarch64() {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
-    let bin = target_dir.join("aarch64-unknown-linux-gnu/release/quba-device");
+    let bin = quba_edge::board::cross_device_binary(&target_dir, "aarch64-unknown-linux-gnu");
     if !bin.exists() {
         assert!(std::env::var("QUBA_REQUIRE_ARM").is_err(), "QUBA_REQUIRE_ARM is set but {} is missing", bin.display());
         eprintln!("skipping: {} not built", bin.display());

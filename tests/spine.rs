@@ -226,6 +226,14 @@ fn eval_runs_models_through_the_device_binary_and_scores_a_cohort() {
         assert_eq!(m["target"], env!("QUBA_TARGET"));
         assert_eq!(m["backend"], "tract-cpu");
         assert_eq!(m["onnx_sha256"].as_str().unwrap().len(), 64);
+        // The device's own account of its time: one stage per probe group run,
+        // covering every image, the model's share of it inside the wall time.
+        let stages = m["run"]["end"]["stages"].as_array().unwrap();
+        assert_eq!(stages.len(), 1, "{m}");
+        assert_eq!(stages[0]["group"], "clean");
+        assert_eq!(stages[0]["images"], m["run"]["records"]);
+        let (wall, inside) = (stages[0]["elapsed_us"].as_u64().unwrap(), stages[0]["model_us"].as_u64().unwrap());
+        assert!(inside > 0 && inside <= wall, "{stages:?}");
     }
     // Cohort z-scores are centred: the three QUBAs sum to zero.
     let s: f64 = models.iter().map(|m| m["quba"].as_f64().unwrap()).sum();

@@ -79,7 +79,7 @@ fn eval_over_ssh_on_an_emulated_board() {
         }
     }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
-    let arm = target_dir.join("aarch64-unknown-linux-gnu/release/quba-device");
+    let arm = quba_edge::board::cross_device_binary(&target_dir, "aarch64-unknown-linux-gnu");
     if !arm.exists() && skip(&format!("{} not built", arm.display())) {
         return;
     }

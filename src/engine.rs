@@ -12,9 +12,9 @@ use anyhow::{bail, Context, Result};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
-use crate::protocol::Precision;
+use crate::protocol::{Backend, Precision};
 
-type Plan = Arc<TypedRunnableModel>;
+pub(crate) type Plan = Arc<TypedRunnableModel>;
 
 /// What the ONNX file says about itself, independent of any runtime.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,12 +31,23 @@ pub struct Engine {
     pub side: usize,
     pub num_classes: usize,
     pub facts: OnnxFacts,
+    /// Where the plan's nodes run, for GPU backends.
+    pub placement: Option<crate::cuda::Placement>,
 }
 
 impl Engine {
     /// Loads `path` for NCHW f32 input of `batch`×3×`side`×`side`. The batch
     /// is fixed before optimisation: a symbolic batch costs tract 1.5–4×.
     pub fn load(path: &Path, batch: usize, side: usize) -> Result<Self> {
+        Self::load_on(path, batch, side, Backend::TractCpu)
+    }
+
+    /// `load` for a chosen backend; CUDA is refused with the reason before
+    /// the model is read when this build or this machine cannot run it.
+    pub fn load_on(path: &Path, batch: usize, side: usize, backend: Backend) -> Result<Self> {
+        if backend == Backend::TractCuda {
+            crate::cuda::check_available()?;
+        }
         let facts = read_facts(path)?;
         let model = tract_onnx::onnx()
             // torch's dynamo exporter annotates a symbolic batch that would not
@@ -62,11 +73,21 @@ impl Engine {
                 path.display()
             ),
         };
-        let plan = model
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .with_context(|| format!("{}: tract could not optimise the model", path.display()))?;
-        Ok(Engine { plan, batch, side, num_classes, facts })
+        let (plan, placement) = match backend {
+            Backend::TractCpu => {
+                let plan = model
+                    .into_optimized()
+                    .and_then(|m| m.into_runnable())
+                    .with_context(|| format!("{}: tract could not optimise the model", path.display()))?;
+                (plan, None)
+            }
+            Backend::TractCuda => {
+                let (plan, placement) = crate::cuda::prepare(model, batch, side)
+                    .with_context(|| format!("{}: tract's CUDA runtime could not prepare the model", path.display()))?;
+                (plan, Some(placement))
+            }
+        };
+        Ok(Engine { plan, batch, side, num_classes, facts, placement })
     }
 
     /// Runs `n ≤ batch` images laid out back to back in `input` (the rest of

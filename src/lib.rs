@@ -9,6 +9,7 @@
 
 pub mod benchmark;
 pub mod corrupt;
+pub mod cuda;
 pub mod attack;
 pub mod data;
 pub mod engine;

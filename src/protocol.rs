@@ -44,11 +44,16 @@ impl Precision {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Where the classifier's forward passes run (`--backend`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Backend {
+    /// tract on the CPU (every target).
     #[serde(rename = "tract-cpu")]
+    #[value(name = "cpu")]
     TractCpu,
+    /// tract's CUDA runtime on an NVIDIA GPU (host builds with the `cuda` feature).
     #[serde(rename = "tract-cuda")]
+    #[value(name = "cuda")]
     TractCuda,
 }
 
@@ -260,6 +265,10 @@ pub struct Header {
     /// How input gradients were taken: `exact`, or `ste` (straight-through
     /// estimator through quantisation); empty when no attack ran.
     pub gradient: String,
+    /// For a GPU backend: how many of the plan's nodes ran on the GPU and
+    /// what share of a profiled forward pass they took, so a "GPU reference"
+    /// that mostly ran on the CPU is visible; empty on the CPU backend.
+    pub placement: String,
 }
 
 /// One model decision on one probe of one sample.

@@ -597,6 +597,7 @@ impl Report {
                         "corruption_source": h.corruption_source,
                         "adversarial_mode": h.adversarial_mode,
                         "gradient": h.gradient,
+                        "placement": h.placement,
                         "dataset_root": h.dataset_root,
                         "dataset_fingerprint": h.dataset_fingerprint,
                         "seed": h.seed,

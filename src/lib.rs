@@ -7,6 +7,7 @@
 //! in `quba` behind the `host` feature. `metrics` and `quba` are pure and
 //! build everywhere (the device needs softmax and argmax).
 
+pub mod bench;
 pub mod benchmark;
 pub mod corrupt;
 pub mod cuda;

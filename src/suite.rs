@@ -250,6 +250,7 @@ pub fn parse_meta(text: &str) -> Result<ModelMeta> {
     Ok(serde_json::from_str(text)?)
 }
 
+/// Peak resident memory of this process so far (VmHWM), 0 where /proc is absent.
 pub fn peak_rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

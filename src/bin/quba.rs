@@ -56,6 +56,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: quba_edge::grad::GradCmd,
     },
+    /// Time the engine alone on random inputs (ms/image, images/s, peak RSS).
+    Bench(quba_edge::bench::BenchArgs),
     /// Play the device role in this process (what `quba-device` does).
     Device {
         #[command(subcommand)]
@@ -307,6 +309,7 @@ fn main() {
         Cmd::Data { cmd: DataCmd::Synth(a) } => synth(a),
         Cmd::Data { cmd: DataCmd::Corrupt(a) } => quba_edge::corrupt::run_cli(&a).map(|_| ()),
         Cmd::Grad { cmd } => quba_edge::grad::run_cli(cmd),
+        Cmd::Bench(a) => quba_edge::bench::run_cli(&a),
         Cmd::Device { cmd: DeviceCmd::Run(a) } => run_device(&a).map(|_| ()),
     };
     if let Err(e) = r {

@@ -12,7 +12,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::rand_core::SeedableRng;
 use sha2::{Digest, Sha256};
 
-use crate::protocol::{Interpolation, Pipeline};
+use crate::protocol::{Interpolation, Pipeline, Shard};
 
 /// Identifies the decoder in run headers: decoders move accuracy (PROTOCOL.md).
 pub const DECODER: &str = "image-rs 0.25";
@@ -220,19 +220,42 @@ impl Source {
     /// costly probes (corruptions, attacks) reuse from the clean set, so their
     /// records carry the clean set's sample ids.
     pub fn stratified_ids(&self, per_class: Option<usize>, seed: u64) -> Vec<u32> {
-        let all: Vec<u32> = (0..self.len() as u32).collect();
+        let all = self.ids();
         let Some(n) = per_class else { return all };
-        let mut by_class: std::collections::BTreeMap<u16, Vec<u32>> = Default::default();
-        for &i in &all {
-            by_class.entry(self.label_of(i as usize)).or_default().push(i);
-        }
         let mut kept = Vec::new();
-        for (label, mut idx) in by_class {
+        for (label, mut idx) in self.by_class(&all) {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_c0de ^ (label as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             idx.shuffle(&mut rng);
             idx.truncate(n);
             kept.extend(idx);
         }
+        kept.sort_unstable();
+        kept
+    }
+
+    /// Every sample id, in order.
+    pub fn ids(&self) -> Vec<u32> {
+        (0..self.len() as u32).collect()
+    }
+
+    /// `ids` grouped by label, in label order, each group in the order given.
+    fn by_class(&self, ids: &[u32]) -> std::collections::BTreeMap<u16, Vec<u32>> {
+        let mut by_class: std::collections::BTreeMap<u16, Vec<u32>> = Default::default();
+        for &i in ids {
+            by_class.entry(self.label_of(i as usize)).or_default().push(i);
+        }
+        by_class
+    }
+
+    /// Shard `shard`'s part of `ids`, in sorted order. The samples are dealt
+    /// out like cards, class after class with one running count, so every
+    /// shard holds ⌊n/N⌋ or ⌈n/N⌉ of each class and of the whole set (a shard
+    /// alone stays a fair miniature of the run), the N parts are disjoint and
+    /// together are `ids`, and nothing depends on a seed or the platform.
+    pub fn shard_ids(&self, ids: &[u32], shard: Shard) -> Vec<u32> {
+        let (k, n) = (shard.index as usize, shard.count as usize);
+        let mut kept: Vec<u32> =
+            self.by_class(ids).into_values().flatten().enumerate().filter(|(i, _)| i % n == k).map(|(_, id)| id).collect();
         kept.sort_unstable();
         kept
     }
@@ -570,6 +593,26 @@ mod tests {
         assert_eq!(out[4], 20.0 / 255.0); // G at (x=2, y=1)
         assert_eq!(out[8], 1.0); // B: (1 − 0.5) / 0.5
         assert_eq!(out[1], 30.0 / 255.0); // R at (x=3, y=1)
+    }
+
+    #[test]
+    fn shards_partition_every_class_evenly() {
+        // 16 synthetic classes × 5 images, and a subset like the attacks' (3 per class).
+        let src = Source::open(Path::new("synth"), None, Some(5), 0).unwrap();
+        for ids in [src.ids(), src.stratified_ids(Some(3), 7)] {
+            for n in [1u32, 3, 4, 7, 100] {
+                let parts: Vec<Vec<u32>> = (0..n).map(|k| src.shard_ids(&ids, Shard { index: k, count: n })).collect();
+                let mut union: Vec<u32> = parts.concat();
+                union.sort_unstable();
+                assert_eq!(union, ids, "N = {n}: the shards together are the run, each sample once");
+                let sizes: Vec<usize> = parts.iter().map(Vec::len).collect();
+                assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1, "N = {n}: {sizes:?}");
+                for label in 0..16u16 {
+                    let per: Vec<usize> = parts.iter().map(|p| p.iter().filter(|&&i| src.label_of(i as usize) == label).count()).collect();
+                    assert!(per.iter().max().unwrap() - per.iter().min().unwrap() <= 1, "N = {n}, class {label}: {per:?}");
+                }
+            }
+        }
     }
 
     #[test]

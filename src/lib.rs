@@ -32,6 +32,8 @@ pub mod deploy;
 pub mod export;
 #[cfg(feature = "host")]
 pub mod html;
+#[cfg(feature = "host")]
+pub mod merge;
 pub mod suite;
 pub mod synth;
 pub mod transport;

@@ -269,6 +269,52 @@ pub struct Header {
     /// what share of a profiled forward pass they took, so a "GPU reference"
     /// that mostly ran on the CPU is visible; empty on the CPU backend.
     pub placement: String,
+    /// `--corruption-per-class` and `--attack-per-class` as given: with
+    /// `per_class` they fix which clean images the costly probes reuse, so
+    /// shards that differ in them do not belong to one run. (Defaults, here
+    /// and below, only let a protocol-2 manifest parse far enough for a host
+    /// to say which version wrote it; postcard frames always carry them.)
+    #[serde(default)]
+    pub corruption_per_class: Option<u32>,
+    #[serde(default)]
+    pub attack_per_class: Option<u32>,
+    /// The slice of the run this stream carries (`--shard K/N`); `None` for a
+    /// whole run. Sample ids are the whole run's either way.
+    #[serde(default)]
+    pub shard: Option<Shard>,
+}
+
+/// One of N disjoint slices of a run (`--shard K/N`). K counts from 0, as
+/// Kubernetes' `JOB_COMPLETION_INDEX` and a Slurm array `--array=0-(N-1)` do,
+/// so a scheduler's index is passed through unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl core::fmt::Display for Shard {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl core::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = "a shard is K/N with 0 ≤ K < N (K counts from 0, like JOB_COMPLETION_INDEX)";
+        let (k, n) = s.split_once('/').ok_or_else(|| format!("{s:?}: {usage}"))?;
+        let num = |x: &str| x.trim().parse::<u32>().map_err(|_| format!("{s:?}: {x:?} is not a number; {usage}"));
+        let (index, count) = (num(k)?, num(n)?);
+        if count == 0 {
+            return Err(format!("{s:?}: N = 0 shards cannot hold a run; {usage}"));
+        }
+        if index >= count {
+            return Err(format!("{s:?}: shard {index} is out of range for N = {count} (valid: 0…{}); {usage}", count - 1));
+        }
+        Ok(Shard { index, count })
+    }
 }
 
 /// One model decision on one probe of one sample.
@@ -637,6 +683,16 @@ mod tests {
         let (frames, stats) = decode_all(&bytes);
         assert_eq!(frames.len(), 2);
         assert_eq!(stats.bytes_lost, garbage.len() as u64 + 1);
+    }
+
+    #[test]
+    fn shard_parses_zero_based_and_refuses_out_of_range() {
+        assert_eq!("0/4".parse::<Shard>(), Ok(Shard { index: 0, count: 4 }));
+        assert_eq!("3/4".parse::<Shard>().unwrap().to_string(), "3/4");
+        for (bad, why) in [("4/4", "out of range"), ("1/0", "N = 0"), ("0/0", "N = 0"), ("-1/4", "not a number"), ("2", "K/N"), ("a/b", "not a number")] {
+            let e = bad.parse::<Shard>().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

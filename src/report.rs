@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 
 use crate::metrics;
-use crate::protocol::{decode_all, DecodeStats, End, Failure, Header, Message, OodSet, ProbeSet, Record, CORRUPTIONS};
+use crate::protocol::{decode_all, DecodeStats, End, Failure, Header, Message, OodSet, ProbeSet, Record, CORRUPTIONS, PROTOCOL_VERSION};
 use crate::quba::{self, Dimension, Normalisation, Values, Weights};
 use crate::transport::{Manifest, RunStatus, LOG_FILE};
 
@@ -32,6 +32,10 @@ pub struct Run {
 impl Run {
     pub fn load(dir: &Path) -> Result<Run> {
         let manifest = Manifest::read(dir)?;
+        // Its frames would all be rejected as damaged; say why instead.
+        if let Some(v) = manifest.header.as_ref().map(|h| h.protocol).filter(|&v| v != PROTOCOL_VERSION) {
+            bail!("{}: written with protocol version {v} (header field protocol); this quba reads version {PROTOCOL_VERSION}", dir.display());
+        }
         let log = dir.join(LOG_FILE);
         let bytes = std::fs::read(&log).with_context(|| format!("cannot read {}", log.display()))?;
         let (frames, stats) = decode_all(&bytes);
@@ -602,6 +606,9 @@ impl Report {
                         "dataset_fingerprint": h.dataset_fingerprint,
                         "seed": h.seed,
                         "per_class": h.per_class,
+                        "corruption_per_class": h.corruption_per_class,
+                        "attack_per_class": h.attack_per_class,
+                        "shard": h.shard.map(|s| s.to_string()),
                         "protocol_version": h.protocol,
                         "tool_version": h.tool_version,
                         "batch": h.batch,
@@ -750,8 +757,14 @@ impl Report {
         for w in self.warnings() {
             s += &format!("note: {w}\n");
         }
-        if self.runs.iter().any(|r| r.status != RunStatus::Complete) {
+        if self.runs.iter().any(|r| !matches!(r.status, RunStatus::Complete | RunStatus::Partial)) {
             s += "* run interrupted: values cover the records received before the stream stopped\n";
+        }
+        if self.runs.iter().any(|r| r.status == RunStatus::Partial) {
+            s += "* partial merge: shards are missing or unfinished (manifest.json `merged`); values cover the shards merged\n";
+        }
+        for (r, shard) in self.runs.iter().filter_map(|r| Some((r, r.header.shard?))) {
+            s += &format!("{}: shard {shard}, about 1/{} of the run's samples; `quba merge` joins the shards\n", r.dir.display(), shard.count);
         }
         for r in &self.runs {
             if !r.failures.is_empty() {

@@ -22,7 +22,7 @@ use crate::data::{self, Labels, Source};
 use crate::engine::Engine;
 use crate::metrics::softmax_in_place;
 use crate::protocol::{
-    Attack, Backend, End, Failure, FrameEncoder, Header, Message, OodSet, Pipeline, ProbeSet, Probs, Record, Stage,
+    Attack, Backend, End, Failure, FrameEncoder, Header, Message, OodSet, Pipeline, ProbeSet, Probs, Record, Shard, Stage,
     MAX_CLASSES, PROTOCOL_VERSION,
 };
 use crate::synth::Split;
@@ -112,6 +112,11 @@ pub struct SuiteArgs {
     /// study's procedure on the normalised tensor, for numbers comparable with its table).
     #[arg(long, value_enum, default_value = "pixel")]
     pub adversarial_mode: AttackMode,
+    /// Run only slice K of N (K from 0 to N−1): every probe set's samples are dealt out
+    /// class by class, so N shard runs together hold each sample of the whole run exactly
+    /// once, under the whole run's sample ids; `quba merge` joins them (docs/fleet.md).
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<Shard>,
 }
 
 impl SuiteArgs {
@@ -163,6 +168,7 @@ impl SuiteArgs {
         opt("--frost-dir", self.frost_dir.as_ref().map(|p| p.display().to_string()));
         opt("--attack-per-class", self.attack_per_class.map(|n| n.to_string()));
         opt("--adversarial-mode", Some(self.adversarial_mode.as_str().to_string()));
+        opt("--shard", self.shard.map(|s| s.to_string()));
         if self.full_probs {
             a.push("--full-probs".into());
         }
@@ -268,6 +274,8 @@ struct Probe {
     set: ProbeSet,
     source: Source,
     decision: Decision,
+    /// The samples of `source` this run evaluates: all of them, or a shard's.
+    ids: Vec<u32>,
 }
 
 /// Probe sets generated from clean images on the device (corruptions), run
@@ -331,20 +339,24 @@ struct Attacks {
 /// Everything a run will evaluate, opened before the first image.
 struct Plan {
     clean: Source,
+    /// The clean samples this run evaluates: all of them, or a shard's.
+    clean_ids: Vec<u32>,
     run_clean: bool,
     probes: Vec<Probe>,
     generated: Option<Generated>,
     corruption_source: String,
     attacks: Option<Attacks>,
+    /// Of the whole run, taken before sharding, so every shard of one run carries the same.
+    fingerprint: String,
 }
 
 impl Plan {
     fn sets(&self) -> Vec<(ProbeSet, usize)> {
         let mut v = Vec::new();
         if self.run_clean {
-            v.push((ProbeSet::Clean, self.clean.len()));
+            v.push((ProbeSet::Clean, self.clean_ids.len()));
         }
-        v.extend(self.probes.iter().map(|p| (p.set, p.source.len())));
+        v.extend(self.probes.iter().map(|p| (p.set, p.ids.len())));
         if let Some(g) = &self.generated {
             v.extend(g.cells.iter().map(|&(c, s)| (corruption_set(c, s), g.ids.len())));
         }
@@ -352,6 +364,22 @@ impl Plan {
             v.extend(ATTACKS.iter().map(|&x| (ProbeSet::Adversarial(x), a.ids.len())));
         }
         v
+    }
+
+    /// Keeps one shard's samples of every probe set. Corruptions and attacks
+    /// are dealt out over their own subsets (not by the clean shard), so each
+    /// shard does its share of the costliest work.
+    fn keep_shard(&mut self, shard: Shard) {
+        self.clean_ids = self.clean.shard_ids(&self.clean_ids, shard);
+        for p in &mut self.probes {
+            p.ids = p.source.shard_ids(&p.ids, shard);
+        }
+        if let Some(g) = &mut self.generated {
+            g.ids = self.clean.shard_ids(&g.ids, shard);
+        }
+        if let Some(a) = &mut self.attacks {
+            a.ids = self.clean.shard_ids(&a.ids, shard);
+        }
     }
 }
 
@@ -389,7 +417,7 @@ fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_classes: usiz
         decision.check_model(num_classes, set)?;
         let source = Source::open_labelled(&spec, &labels, args.per_class, args.seed)
             .with_context(|| format!("opening the {} set", set.name()))?;
-        probes.push(Probe { set, source, decision });
+        probes.push(Probe { set, ids: source.ids(), source, decision });
     }
     let mut generated = None;
     let mut corruption_source = String::new();
@@ -403,7 +431,7 @@ fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_classes: usiz
                     bail!("{}: no such folder; an ImageNet-C tree is <root>/<corruption>/<severity>/<class>/…", dir.display());
                 }
                 let source = Source::open_labelled(&dir, &labels, args.corruption_per_class, args.seed)?;
-                probes.push(Probe { set: corruption_set(c, sev), source, decision: Decision::Identity });
+                probes.push(Probe { set: corruption_set(c, sev), ids: source.ids(), source, decision: Decision::Identity });
             }
             corruption_source =
                 format!("imagenet-c tree {}; the model's whole pipeline applied to its images (the study's procedure)", root.display());
@@ -429,9 +457,23 @@ fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_classes: usiz
     } else {
         None
     };
-    let plan = Plan { clean, run_clean: args.wants(ProbeGroup::Clean), probes, generated, corruption_source, attacks };
+    let clean_ids = clean.ids();
+    let mut plan = Plan {
+        clean,
+        clean_ids,
+        run_clean: args.wants(ProbeGroup::Clean),
+        probes,
+        generated,
+        corruption_source,
+        attacks,
+        fingerprint: String::new(),
+    };
     if plan.sets().is_empty() {
         bail!("no probe set to run: --probes {:?} selects none that the benchmark provides", args.probes);
+    }
+    plan.fingerprint = fingerprint(&plan);
+    if let Some(shard) = args.shard {
+        plan.keep_shard(shard);
     }
     Ok(plan)
 }
@@ -477,7 +519,7 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
         decoder: data::DECODER.into(),
         benchmark,
         dataset_root: plan.clean.describe(),
-        dataset_fingerprint: fingerprint(&plan),
+        dataset_fingerprint: plan.fingerprint.clone(),
         samples: sets.iter().map(|(_, n)| *n as u32).sum(),
         seed: suite.seed,
         per_class: suite.per_class.map(|n| n as u32),
@@ -492,6 +534,9 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
         corruption_source: plan.corruption_source.clone(),
         adversarial_mode: plan.attacks.as_ref().map(|a| a.config.mode.as_str().to_string()).unwrap_or_default(),
         gradient: plan.attacks.as_ref().map(|a| a.grad.kind().as_str().to_string()).unwrap_or_default(),
+        corruption_per_class: suite.corruption_per_class.map(|n| n as u32),
+        attack_per_class: suite.attack_per_class.map(|n| n as u32),
+        shard: suite.shard,
     };
     let mut enc = FrameEncoder::new();
     out.write_all(enc.encode(&Message::Header(header))?)?;
@@ -503,7 +548,7 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
     let mut stages = Stages::new();
     let s = &mut scratch;
     if plan.run_clean {
-        let clean = Probe { set: ProbeSet::Clean, source: plan.clean, decision: Decision::Identity };
+        let clean = Probe { set: ProbeSet::Clean, source: plan.clean, decision: Decision::Identity, ids: plan.clean_ids };
         stages.time(&mut ctx, ProbeGroup::Clean, |c| run_probe(c, &clean, s))?;
         if let Some(g) = &plan.generated {
             stages.time(&mut ctx, ProbeGroup::Corruption, |c| run_generated(c, &clean.source, g, s))?;
@@ -545,8 +590,12 @@ fn fingerprint(plan: &Plan) -> String {
         h.update([0]);
         h.update(p.source.fingerprint().as_bytes());
     }
-    if let Some(g) = &plan.generated {
-        for id in &g.ids {
+    // The clean images the costly probes reuse; without the attacks' two
+    // runs could match here and still have attacked different images.
+    let subsets = [plan.generated.as_ref().map(|g| &g.ids), plan.attacks.as_ref().map(|a| &a.ids)];
+    for (tag, ids) in subsets.iter().enumerate().filter_map(|(i, ids)| Some((i as u8, (*ids)?))) {
+        h.update([tag]);
+        for id in ids {
             h.update(id.to_le_bytes());
         }
     }
@@ -673,21 +722,21 @@ impl Ctx<'_> {
 
 fn run_probe(ctx: &mut Ctx, probe: &Probe, s: &mut Scratch) -> Result<()> {
     let per = 3 * ctx.engine.side * ctx.engine.side;
-    let mut next = 0usize;
-    while next < probe.source.len() {
+    let mut todo = probe.ids.iter().copied().peekable();
+    while todo.peek().is_some() {
         s.ids.clear();
         s.loaded.clear();
         // Fill a batch with images that decode; failures are reported, not fatal.
-        while s.ids.len() < ctx.engine.batch && next < probe.source.len() {
+        while s.ids.len() < ctx.engine.batch {
+            let Some(id) = todo.next() else { break };
             let slot = &mut s.input[s.ids.len() * per..(s.ids.len() + 1) * per];
-            match probe.source.load_into(next, ctx.pipeline, slot) {
+            match probe.source.load_into(id as usize, ctx.pipeline, slot) {
                 Ok(l) => {
-                    s.ids.push(next as u32);
+                    s.ids.push(id);
                     s.loaded.push(l);
                 }
-                Err(e) => ctx.failure(probe.set, next as u32, &probe.source.name(next), &e)?,
+                Err(e) => ctx.failure(probe.set, id, &probe.source.name(id as usize), &e)?,
             }
-            next += 1;
         }
         if !s.ids.is_empty() {
             ctx.classify(probe.set, &probe.decision, s)?;

@@ -51,6 +51,22 @@ pub enum RunStatus {
     /// The stream stopped before End (device killed, cable pulled, …): what
     /// was received is kept and reported as such.
     Interrupted,
+    /// Merged from shards of which some were missing or unfinished (`quba
+    /// merge --partial`); the manifest's `merged` names them.
+    Partial,
+}
+
+/// Where a merged run came from (`quba merge`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeInfo {
+    /// N of `--shard K/N`.
+    pub shards: u32,
+    /// Shard indices merged, missing, and merged although they did not finish.
+    pub merged: Vec<u32>,
+    pub missing: Vec<u32>,
+    pub unfinished: Vec<u32>,
+    /// The shard run directories, in shard order.
+    pub sources: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -63,6 +79,8 @@ pub struct Manifest {
     pub failures: u64,
     pub decode: DecodeStats,
     pub host_tool_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged: Option<MergeInfo>,
 }
 
 impl Manifest {
@@ -113,6 +131,7 @@ pub fn ingest_observed(
         failures: 0,
         decode: DecodeStats::default(),
         host_tool_version: env!("CARGO_PKG_VERSION").into(),
+        merged: None,
     };
     manifest.write(dir)?;
     let mut dec = FrameDecoder::new();

@@ -38,6 +38,8 @@ enum Cmd {
     Report(ReportArgs),
     /// Paired comparison of two runs (board vs host, int8 vs fp32): agreement, deltas, verdicts.
     Compare(CompareArgs),
+    /// Join shard runs (`--shard K/N`) into one run directory.
+    Merge(MergeArgs),
     /// Write one JSON object per stored record.
     Export(ExportArgs),
     /// QUBA for a table of measured values in the study's CSV layout.
@@ -249,6 +251,23 @@ struct CompareArgs {
     tolerance: f64,
 }
 
+#[derive(Args)]
+struct MergeArgs {
+    /// Shard run directories, one per shard index, in any order.
+    #[arg(required = true)]
+    shards: Vec<PathBuf>,
+    /// The merged run directory (must not exist, or be empty).
+    #[arg(long)]
+    out: PathBuf,
+    /// Merge although shards are missing or unfinished; the run is marked `partial`
+    /// (manifest status, report footnote) and names them in manifest.json.
+    #[arg(long)]
+    partial: bool,
+    /// Run id of the merged run (default: the shards' common run id).
+    #[arg(long)]
+    run_id: Option<String>,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum ExportFormat {
     Jsonl,
@@ -302,6 +321,7 @@ fn main() {
         Cmd::Eval(a) => eval(a),
         Cmd::Report(a) => report_cmd(a),
         Cmd::Compare(a) => compare(a),
+        Cmd::Merge(a) => merge(a),
         Cmd::Export(a) => export(a),
         Cmd::Score(a) => score(a),
         Cmd::Ingest(a) => ingest(std::io::stdin().lock(), &a.run_dir, "stdin", None).map(|m| summary(&a.run_dir, &m)),
@@ -430,7 +450,12 @@ fn device_command(a: &EvalArgs, remote: Option<&Remote>) -> Result<Vec<String>> 
 /// directory, also when the device stopped early (what arrived is kept).
 fn eval_one(a: &EvalArgs, base: &[String], remote: Option<&Remote>, model: &Path, progress: &progress::Progress) -> Result<PathBuf> {
     let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-    let dir = transport::run_dir_for(&a.runs_dir, &stem);
+    // A shard listed beside whole runs must not pass for one.
+    let name = match a.suite.shard {
+        Some(s) => format!("{stem}.shard{}of{}", s.index, s.count),
+        None => stem.clone(),
+    };
+    let dir = transport::run_dir_for(&a.runs_dir, &name);
     let device_model = remote.map_or_else(|| model.to_path_buf(), |r| PathBuf::from(&r.models[model]));
     let run = RunArgs { model: device_model, suite: a.suite.clone(), run_id: None, pause_ms: 0 };
     let argv: Vec<String> = base.iter().cloned().chain(run.to_args()).collect();
@@ -649,6 +674,18 @@ fn compare(a: CompareArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&c.to_json())?);
     } else {
         print!("{}", c.table());
+    }
+    Ok(())
+}
+
+fn merge(a: MergeArgs) -> Result<()> {
+    let opts = quba_edge::merge::MergeOptions { partial: a.partial, run_id: a.run_id };
+    let m = quba_edge::merge::merge(&a.shards, &a.out, &opts)?;
+    let i = &m.info;
+    eprintln!("merged shards {:?} of {} → {}", i.merged, i.shards, a.out.display());
+    summary(&a.out, &m.manifest);
+    if m.manifest.status != transport::RunStatus::Complete {
+        eprintln!("warning: partial run: missing shards {:?}, unfinished shards {:?}", i.missing, i.unfinished);
     }
     Ok(())
 }

@@ -180,6 +180,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path, opts: &MergeOptions) -> Result<Merged
         decode: runs.iter().fold(DecodeStats::default(), |acc, r| add(acc, &r.decode)),
         host_tool_version: env!("CARGO_PKG_VERSION").into(),
         merged: Some(info.clone()),
+        launch: None,
     };
     // Last, and atomically: a directory without it is not taken for a run.
     manifest.write(out)?;

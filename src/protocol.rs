@@ -580,6 +580,16 @@ impl FrameDecoder {
     }
 }
 
+/// What an interrupted run already holds, handed to the device that resumes
+/// it (`quba-device run --resume-from`): the (probe set, sample) keys of
+/// every record and failure the host has. The device redoes the rest, in the
+/// same batches as before, so the resumed run equals an uninterrupted one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resume {
+    pub records: Vec<(ProbeSet, u32)>,
+    pub failures: Vec<(ProbeSet, u32)>,
+}
+
 /// Decodes a whole byte buffer (a stored log, a test stream).
 pub fn decode_all(bytes: &[u8]) -> (Vec<Frame>, DecodeStats) {
     let mut dec = FrameDecoder::new();

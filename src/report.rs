@@ -44,6 +44,7 @@ impl Run {
         let mut failures = Vec::new();
         let mut end = None;
         let mut seen = HashSet::new();
+        let mut seen_failures = HashSet::new();
         let mut duplicates = 0;
         for f in frames {
             match f.message {
@@ -56,7 +57,11 @@ impl Run {
                         duplicates += 1;
                     }
                 }
-                Message::Failure(x) => failures.push(x),
+                Message::Failure(x) => {
+                    if seen_failures.insert((x.set, x.sample)) {
+                        failures.push(x);
+                    }
+                }
                 Message::End(e) => end = Some(e),
                 Message::Hello { .. } => {}
             }

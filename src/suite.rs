@@ -7,7 +7,8 @@
 //! space ([`crate::benchmark`]), so a record stays small; `--full-probs`
 //! keeps the model's whole vector on every record for host-side recomputation.
 
-use std::io::Write;
+use std::collections::HashSet;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -22,8 +23,8 @@ use crate::data::{self, Labels, Source};
 use crate::engine::Engine;
 use crate::metrics::softmax_in_place;
 use crate::protocol::{
-    Attack, Backend, End, Failure, FrameEncoder, Header, Message, OodSet, Pipeline, ProbeSet, Probs, Record, Shard, Stage,
-    MAX_CLASSES, PROTOCOL_VERSION,
+    Attack, Backend, End, Failure, FrameEncoder, Header, Message, OodSet, Pipeline, ProbeSet, Probs, Record, Resume, Shard,
+    Stage, MAX_CLASSES, PROTOCOL_VERSION,
 };
 use crate::synth::Split;
 
@@ -202,6 +203,11 @@ pub struct RunArgs {
     /// throttling temperature.
     #[arg(long, default_value_t = 0)]
     pub pause_ms: u64,
+    /// Resume an interrupted run: a resume list (JSON, as `quba eval --resume` sends it;
+    /// `-` reads it from stdin) naming the records and failures the host already holds.
+    /// Give the interrupted run's own arguments and --run-id: the header must match.
+    #[arg(long)]
+    pub resume_from: Option<String>,
 }
 
 impl RunArgs {
@@ -213,6 +219,9 @@ impl RunArgs {
             a.extend(["--run-id".into(), id.clone()]);
         }
         a.extend(["--pause-ms".into(), self.pause_ms.to_string()]);
+        if let Some(r) = &self.resume_from {
+            a.extend(["--resume-from".into(), r.clone()]);
+        }
         a
     }
 }
@@ -538,13 +547,15 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
         attack_per_class: suite.attack_per_class.map(|n| n as u32),
         shard: suite.shard,
     };
+    // Read before the header goes out: a bad list must not restart the stream.
+    let done = Done::load(args.resume_from.as_deref())?;
     let mut enc = FrameEncoder::new();
     out.write_all(enc.encode(&Message::Header(header))?)?;
     out.flush()?;
 
     let mut counts = Counts::default();
     let mut scratch = Scratch::new(&engine);
-    let mut ctx = Ctx { engine: &engine, pipeline: &pipeline, args, enc: &mut enc, out, counts: &mut counts, model_time: Duration::ZERO };
+    let mut ctx = Ctx { engine: &engine, pipeline: &pipeline, args, enc: &mut enc, out, counts: &mut counts, model_time: Duration::ZERO, done: &done };
     let mut stages = Stages::new();
     let s = &mut scratch;
     if plan.run_clean {
@@ -608,6 +619,38 @@ struct Counts {
     failures: u32,
 }
 
+/// The keys a resumed run already holds. The device walks the plan as an
+/// uninterrupted run would, in the same batches (so results are bit for bit
+/// the same), skips a batch whose every key is done and emits nothing twice.
+#[derive(Default)]
+struct Done {
+    records: HashSet<(ProbeSet, u32)>,
+    failures: HashSet<(ProbeSet, u32)>,
+}
+
+impl Done {
+    fn load(spec: Option<&str>) -> Result<Done> {
+        let Some(spec) = spec else { return Ok(Done::default()) };
+        let mut text = String::new();
+        if spec == "-" {
+            std::io::stdin().lock().read_to_string(&mut text).context("--resume-from -: cannot read the resume list from stdin")?;
+        } else {
+            text = std::fs::read_to_string(spec).with_context(|| format!("--resume-from {spec}: cannot read the resume list"))?;
+        }
+        let r: Resume = serde_json::from_str(&text)
+            .with_context(|| format!("--resume-from {spec}: not a resume list ({{\"records\": [[set, sample], …], \"failures\": […]}})"))?;
+        Ok(Done { records: r.records.into_iter().collect(), failures: r.failures.into_iter().collect() })
+    }
+
+    fn has(&self, set: ProbeSet, id: u32) -> bool {
+        self.records.contains(&(set, id)) || self.failures.contains(&(set, id))
+    }
+
+    fn all(&self, set: ProbeSet, ids: &[u32]) -> bool {
+        ids.iter().all(|&id| self.has(set, id))
+    }
+}
+
 /// Where the device's time went, per dimension's probe group, for the `End`
 /// frame: images per second, and the share spent in the model itself (the
 /// rest is decoding, corrupting, attack bookkeeping, encoding and I/O).
@@ -668,10 +711,14 @@ struct Ctx<'a> {
     counts: &'a mut Counts,
     /// Time inside the model's passes (forward, and backward for attacks).
     model_time: Duration,
+    done: &'a Done,
 }
 
 impl Ctx<'_> {
     fn failure(&mut self, set: ProbeSet, sample: u32, name: &str, e: &anyhow::Error) -> Result<()> {
+        if self.done.has(set, sample) {
+            return Ok(());
+        }
         self.counts.failures += 1;
         let mut f = Failure { set, sample, path: Default::default(), message: Default::default() };
         push_truncated(&mut f.path, name);
@@ -689,6 +736,9 @@ impl Ctx<'_> {
         let logits = self.engine.logits(&s.input, s.ids.len())?;
         self.model_time += t.elapsed();
         for ((row, &id), l) in logits.chunks_exact(k).zip(&s.ids).zip(&s.loaded) {
+            if self.done.has(set, id) {
+                continue;
+            }
             let mut probs = Probs::new();
             probs.extend_from_slice(row).expect("num_classes ≤ MAX_CLASSES checked above");
             softmax_in_place(&mut probs);
@@ -738,7 +788,7 @@ fn run_probe(ctx: &mut Ctx, probe: &Probe, s: &mut Scratch) -> Result<()> {
                 Err(e) => ctx.failure(probe.set, id, &probe.source.name(id as usize), &e)?,
             }
         }
-        if !s.ids.is_empty() {
+        if !s.ids.is_empty() && !ctx.done.all(probe.set, &s.ids) {
             ctx.classify(probe.set, &probe.decision, s)?;
             ctx.end_batch()?;
         }
@@ -753,6 +803,9 @@ fn run_generated(ctx: &mut Ctx, source: &Source, g: &Generated, s: &mut Scratch)
     let per = 3 * ctx.engine.side * ctx.engine.side;
     let first = g.cells.first().map(|&(c, sev)| corruption_set(c, sev));
     for chunk in g.ids.chunks(ctx.engine.batch) {
+        if g.cells.iter().all(|&(c, sev)| ctx.done.all(corruption_set(c, sev), chunk)) {
+            continue;
+        }
         let mut crops = Vec::with_capacity(chunk.len());
         for &id in chunk {
             match source.load_crop(id as usize, ctx.pipeline) {
@@ -763,6 +816,9 @@ fn run_generated(ctx: &mut Ctx, source: &Source, g: &Generated, s: &mut Scratch)
         }
         for &(c, sev) in &g.cells {
             let set = corruption_set(c, sev);
+            if ctx.done.all(set, chunk) {
+                continue;
+            }
             s.ids.clear();
             s.loaded.clear();
             for (id, crop, l) in &crops {
@@ -794,6 +850,9 @@ fn run_attacks(ctx: &mut Ctx, source: &Source, a: &Attacks, s: &mut Scratch) -> 
     let per = 3 * ctx.engine.side * ctx.engine.side;
     let mut clean = vec![0f32; ctx.engine.batch * per];
     for chunk in a.ids.chunks(ctx.engine.batch) {
+        if ATTACKS.iter().all(|&x| ctx.done.all(ProbeSet::Adversarial(x), chunk)) {
+            continue;
+        }
         s.ids.clear();
         s.loaded.clear();
         for &id in chunk {
@@ -813,6 +872,9 @@ fn run_attacks(ctx: &mut Ctx, source: &Source, a: &Attacks, s: &mut Scratch) -> 
         let labels: Vec<i64> = s.loaded.iter().map(|l| l.label as i64).collect();
         let seeds: Vec<u64> = s.ids.iter().map(|&id| crate::attack::sample_seed(ctx.args.suite.seed, id as u64)).collect();
         for attack in ATTACKS {
+            if ctx.done.all(ProbeSet::Adversarial(attack), &s.ids) {
+                continue;
+            }
             let t = Instant::now();
             let adv = crate::attack::run(
                 &a.grad,

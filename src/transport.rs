@@ -6,15 +6,17 @@
 //! replaced atomically, which says what the run is and how it ended. Reports
 //! are recomputed from the log alone.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{DecodeStats, FrameDecoder, FrameEncoder, Header, Message};
+use crate::protocol::{decode_all, DecodeStats, FrameDecoder, FrameEncoder, Header, Message, ProbeSet, Resume};
 
 pub const LOG_FILE: &str = "records.qlog";
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -81,6 +83,17 @@ pub struct Manifest {
     pub host_tool_version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged: Option<MergeInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<Launch>,
+}
+
+/// How `quba eval` started the device for a run, so `quba eval --resume`
+/// can start it again with the same arguments.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launch {
+    /// `quba-device run` arguments (`RunArgs::to_args`), the model as a path
+    /// on this host: an SSH resume copies it to the board again.
+    pub args: Vec<String>,
 }
 
 impl Manifest {
@@ -101,44 +114,135 @@ impl Manifest {
     }
 }
 
-/// Receives one device stream into `dir`. Returns the final manifest; the
-/// log is flushed after every chunk read, so a killed device loses nothing
-/// that reached the host.
+/// Receives one device stream into a new run directory `dir`. Returns the
+/// final manifest; frames reach the log as they arrive, so a killed device
+/// loses nothing that reached the host.
 pub fn ingest(input: impl Read, dir: &Path, source: &str, token: Option<&str>) -> Result<Manifest> {
-    ingest_observed(input, dir, source, token, &mut |_| {})
+    ingest_observed(input, RunLog::create(dir, source, None)?, token, &mut |_| {})
 }
 
-/// [`ingest`], showing every accepted message to `observe` (progress display).
-pub fn ingest_observed(
-    mut input: impl Read,
-    dir: &Path,
-    source: &str,
-    token: Option<&str>,
-    observe: &mut dyn FnMut(&Message),
-) -> Result<Manifest> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
-    let log_path = dir.join(LOG_FILE);
-    if log_path.exists() && std::fs::metadata(&log_path)?.len() > 0 {
-        bail!("{} already holds records; use a new run directory", dir.display());
+/// A run directory being written: its log, its manifest, and the (probe
+/// set, sample) keys the log holds, so nothing is counted twice.
+pub struct RunLog {
+    dir: PathBuf,
+    log: File,
+    manifest: Manifest,
+    records: HashSet<(ProbeSet, u32)>,
+    failures: HashSet<(ProbeSet, u32)>,
+}
+
+impl RunLog {
+    /// A new run in `dir`, which must not hold records yet. `launch` is what
+    /// `quba eval --resume` needs to start the device again.
+    pub fn create(dir: &Path, source: &str, launch: Option<Launch>) -> Result<RunLog> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
+        let log_path = dir.join(LOG_FILE);
+        if log_path.exists() && std::fs::metadata(&log_path)?.len() > 0 {
+            bail!("{} already holds records; use a new run directory, or `quba eval --resume` it", dir.display());
+        }
+        let log = File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+        let manifest = Manifest {
+            schema: "quba-run/1".into(),
+            status: RunStatus::Running,
+            source: source.into(),
+            header: None,
+            records: 0,
+            failures: 0,
+            decode: DecodeStats::default(),
+            host_tool_version: env!("CARGO_PKG_VERSION").into(),
+            merged: None,
+            launch,
+        };
+        manifest.write(dir)?;
+        Ok(RunLog { dir: dir.to_path_buf(), log, manifest, records: HashSet::new(), failures: HashSet::new() })
     }
-    let mut log = File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
-    let mut manifest = Manifest {
-        schema: "quba-run/1".into(),
-        status: RunStatus::Running,
-        source: source.into(),
-        header: None,
-        records: 0,
-        failures: 0,
-        decode: DecodeStats::default(),
-        host_tool_version: env!("CARGO_PKG_VERSION").into(),
-        merged: None,
-    };
-    manifest.write(dir)?;
+
+    /// Reopens an interrupted run to append to it. A host killed mid-write
+    /// can leave a torn last frame; it is cut off here (bytes after the last
+    /// delimiter are never a whole frame), or the next frame appended would
+    /// be glued to it and lost. The manifest may lag the log by the frames
+    /// after its last write, so everything is recounted from the log.
+    pub fn reopen(dir: &Path) -> Result<RunLog> {
+        let mut manifest = Manifest::read(dir)?;
+        if manifest.merged.is_some() {
+            bail!("{} was merged from shards (`quba merge`); resume the shard runs and merge again", dir.display());
+        }
+        let log_path = dir.join(LOG_FILE);
+        let bytes = std::fs::read(&log_path).with_context(|| format!("cannot read {}", log_path.display()))?;
+        let whole = bytes.iter().rposition(|&b| b == 0).map_or(0, |i| i + 1);
+        let log = OpenOptions::new().append(true).open(&log_path).with_context(|| format!("cannot open {}", log_path.display()))?;
+        if whole < bytes.len() {
+            log.set_len(whole as u64).with_context(|| format!("cannot cut the torn last frame off {}", log_path.display()))?;
+            manifest.decode.truncated_tail = true;
+        }
+        let (frames, _) = decode_all(&bytes[..whole]);
+        let mut run = RunLog { dir: dir.to_path_buf(), log, manifest, records: HashSet::new(), failures: HashSet::new() };
+        let mut ended = false;
+        for f in &frames {
+            match &f.message {
+                Message::Header(h) if run.manifest.header.is_none() => run.manifest.header = Some(h.clone()),
+                Message::Record(r) => {
+                    run.records.insert((r.set, r.sample));
+                }
+                Message::Failure(x) => {
+                    run.failures.insert((x.set, x.sample));
+                }
+                Message::End(_) => ended = true,
+                _ => {}
+            }
+        }
+        run.manifest.records = run.records.len() as u64;
+        run.manifest.failures = run.failures.len() as u64;
+        run.manifest.status = if ended { RunStatus::Complete } else { RunStatus::Interrupted };
+        run.manifest.write(dir)?;
+        Ok(run)
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What the device resuming this run must not send again.
+    pub fn resume_list(&self) -> Resume {
+        let mut r = Resume { records: self.records.iter().copied().collect(), failures: self.failures.iter().copied().collect() };
+        // Sorted, so the list sent is reproducible.
+        r.records.sort();
+        r.failures.sort();
+        r
+    }
+}
+
+/// The header with what may honestly differ between two sessions of one run
+/// cleared: a GPU's profiled placement times.
+fn comparable(h: &Header) -> Header {
+    Header { placement: String::new(), ..h.clone() }
+}
+
+/// Names the header fields in which `b` differs from `a`.
+fn header_diff(a: &Header, b: &Header) -> String {
+    let (a, b) = (serde_json::to_value(comparable(a)).unwrap_or_default(), serde_json::to_value(comparable(b)).unwrap_or_default());
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return "?".into() };
+    a.iter().filter(|(k, v)| b.get(*k) != Some(v)).map(|(k, v)| format!("{k}: {v} → {}", b.get(k).unwrap_or(&serde_json::Value::Null))).collect::<Vec<_>>().join(", ")
+}
+
+/// Receives one device stream into `run`, showing every accepted message to
+/// `observe` (progress display).
+pub fn ingest_observed(mut input: impl Read, mut run: RunLog, token: Option<&str>, observe: &mut dyn FnMut(&Message)) -> Result<Manifest> {
+    let dir = run.dir.clone();
+    let source = run.manifest.source.clone();
+    let log_path = dir.join(LOG_FILE);
+    let resumed_header = run.manifest.header.clone();
     let mut dec = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut authenticated = token.is_none();
     let mut ended = false;
+    let mut got_header = false;
     let mut error: Option<anyhow::Error> = None;
+    let mut last_sync = Instant::now();
     loop {
         let n = match input.read(&mut buf) {
             Ok(0) => break,
@@ -152,6 +256,9 @@ pub fn ingest_observed(
         let mut pending: Vec<u8> = Vec::new();
         let mut new_header = None;
         dec.push(&buf[..n], |frame| {
+            if error.is_some() {
+                return;
+            }
             match &frame.message {
                 Message::Hello { token: t } => {
                     if Some(t.as_str()) == token {
@@ -160,54 +267,81 @@ pub fn ingest_observed(
                     return;
                 }
                 _ if !authenticated => {
-                    error.get_or_insert_with(|| anyhow::anyhow!("{source}: the device did not present the token printed by `quba listen`; stream refused"));
+                    error = Some(anyhow::anyhow!("{source}: the device did not present the token printed by `quba listen`; stream refused"));
                     return;
                 }
-                Message::Header(h) => new_header = Some(h.clone()),
-                _ => {}
-            }
-            observe(&frame.message);
-            match &frame.message {
-                Message::Hello { .. } | Message::Header(_) => {}
-                Message::Record(_) => manifest.records += 1,
-                Message::Failure(_) => manifest.failures += 1,
+                Message::Header(h) => {
+                    if got_header {
+                        error = Some(anyhow::anyhow!("{source}: a second run header arrived in the same stream; one stream carries one run"));
+                        return;
+                    }
+                    if let Some(old) = resumed_header.as_ref().filter(|old| comparable(old) != comparable(h)) {
+                        error = Some(anyhow::anyhow!(
+                            "{source}: the device's run is not the one being resumed in {} (header differs in {})",
+                            dir.display(),
+                            header_diff(old, h)
+                        ));
+                        return;
+                    }
+                    got_header = true;
+                    new_header = Some(h.clone());
+                }
+                // Kept in the log (it is what arrived), counted once.
+                Message::Record(r) => {
+                    if run.records.insert((r.set, r.sample)) {
+                        run.manifest.records += 1;
+                    }
+                }
+                Message::Failure(x) => {
+                    if run.failures.insert((x.set, x.sample)) {
+                        run.manifest.failures += 1;
+                    }
+                }
                 Message::End(_) => ended = true,
             }
+            observe(&frame.message);
             pending.extend_from_slice(&frame.bytes);
         });
+        if !pending.is_empty() {
+            run.log.write_all(&pending).with_context(|| format!("cannot append to {}", log_path.display()))?;
+            // Process death loses nothing written; a power cut at most the last second.
+            if last_sync.elapsed() >= Duration::from_secs(1) {
+                run.log.sync_data()?;
+                last_sync = Instant::now();
+            }
+        }
+        if let Some(h) = new_header {
+            run.manifest.header = Some(h);
+            run.manifest.decode = dec.stats.clone();
+            run.manifest.write(&dir)?;
+        }
         if error.is_some() {
             break;
         }
-        if !pending.is_empty() {
-            log.write_all(&pending).with_context(|| format!("cannot append to {}", log_path.display()))?;
-            log.flush()?;
-        }
-        if let Some(h) = new_header {
-            if manifest.header.is_some() {
-                error = Some(anyhow::anyhow!("{source}: a second run header arrived in the same stream; one stream carries one run"));
-                break;
-            }
-            manifest.header = Some(h);
-            manifest.decode = dec.stats.clone();
-            manifest.write(dir)?;
-        }
     }
     dec.finish();
-    log.sync_all()?;
-    manifest.decode = dec.stats.clone();
-    manifest.status = if ended { RunStatus::Complete } else { RunStatus::Interrupted };
-    manifest.write(dir)?;
+    run.log.sync_all()?;
+    let decode = dec.stats.clone();
+    let m = &mut run.manifest;
+    // A resumed run's earlier sessions' losses stay on its record.
+    m.decode.frames += decode.frames;
+    m.decode.corrupt_frames += decode.corrupt_frames;
+    m.decode.bytes_lost += decode.bytes_lost;
+    m.decode.missing_frames += decode.missing_frames;
+    m.decode.truncated_tail |= decode.truncated_tail;
+    m.status = if ended { RunStatus::Complete } else { RunStatus::Interrupted };
+    m.write(&dir)?;
     if let Some(e) = error {
-        return Err(e.context(format!("run directory {} keeps the {} records received", dir.display(), manifest.records)));
+        return Err(e.context(format!("run directory {} keeps the {} records received", dir.display(), m.records)));
     }
-    if manifest.header.is_none() {
+    if m.header.is_none() {
         bail!(
             "{source}: no valid run header arrived ({} bytes lost to damaged frames); nothing was recorded in {}",
-            manifest.decode.bytes_lost,
+            m.decode.bytes_lost,
             dir.display()
         );
     }
-    Ok(manifest)
+    Ok(run.manifest)
 }
 
 /// A fresh random token for `quba listen` (128 bits from the OS).

@@ -4,8 +4,8 @@
 //! `quba eval`, and must make the same decisions as the x86 build.
 //!
 //! Needs `cargo build --profile device --no-default-features --bin quba-device
-//! --target TRIPLE` first (`.ci/run` does it for aarch64). Without a binary
-//! the test says so and passes, unless QUBA_REQUIRE_ARM=1 (set by CI; aarch64)
+//! --target TRIPLE` first (`.ci/run` does it for both triples). Without a binary
+//! the test says so and passes, unless QUBA_REQUIRE_ARM=1 (aarch64; CI sets both)
 //! or QUBA_REQUIRE_ARMV7=1 is set, where a missing binary is a failure.
 
 use std::path::PathBuf;
@@ -56,7 +56,7 @@ fn emulated(profile: &str) -> Option<(quba_edge::board::Board, PathBuf)> {
     let board = quba_edge::board::load(profile).unwrap();
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
     let bin = quba_edge::board::cross_device_binary(&target_dir, &board.triple);
-    // CI builds the aarch64 binary; armv7 (11 min more on two cores) is required with QUBA_REQUIRE_ARMV7.
+    // CI builds both and sets both; a local run without the armv7 build skips it.
     let required = if board.triple.starts_with("armv7") { "QUBA_REQUIRE_ARMV7" } else { "QUBA_REQUIRE_ARM" };
     if !bin.exists() {
         assert!(std::env::var(required).is_err(), "{required} is set but {} is missing", bin.display());

@@ -13,7 +13,7 @@ use quba_edge::progress;
 use quba_edge::quba::{self, Dimension, Normalisation, Weights};
 use quba_edge::report::{self, EvalOptions, Run};
 use quba_edge::suite::{run_device, DeviceArgs, RunArgs, SuiteArgs};
-use quba_edge::transport::{self, ingest, Manifest};
+use quba_edge::transport::{self, ingest, Launch, Manifest, RunLog, RunStatus};
 
 #[derive(Parser)]
 #[command(
@@ -159,6 +159,15 @@ struct EvalArgs {
     models: Vec<PathBuf>,
     #[command(flatten)]
     suite: SuiteArgs,
+    /// Continue interrupted runs (run directories `quba eval` made) where they stopped: the
+    /// device starts again with the run's own model and suite arguments and is told what the
+    /// host already holds, so no sample is lost or counted twice. Launch flags (--board,
+    /// --ssh, --launcher, --device-bin) are taken from this command line.
+    #[arg(long, num_args = 1.., conflicts_with = "models")]
+    resume: Vec<PathBuf>,
+    /// Sleep this long on the device after each batch (a passively cooled board's breathing room).
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
     /// Progress display: `auto` (bars on a terminal, nothing otherwise), `quiet`, or `json`
     /// (one JSON line per model per second on stderr, for scripts).
     #[arg(long, value_enum, default_value = "auto")]
@@ -308,8 +317,22 @@ struct ListenArgs {
     /// Address to listen on; loopback unless you say otherwise.
     #[arg(long, default_value = "127.0.0.1:0")]
     bind: String,
+    /// Receive one stream into this run directory, then exit.
+    #[arg(long, conflicts_with_all = ["runs_dir", "streams"], required_unless_present = "runs_dir")]
+    run_dir: Option<PathBuf>,
+    /// Receive many boards' streams at once, each into its own run directory here.
     #[arg(long)]
-    run_dir: PathBuf,
+    runs_dir: Option<PathBuf>,
+    /// With --runs-dir: exit after this many streams ended (default: serve until killed).
+    #[arg(long, requires = "runs_dir")]
+    streams: Option<usize>,
+    /// Streams received at once; further boards wait in the accept queue (TCP back-pressure).
+    #[arg(long, default_value_t = 16)]
+    max_connections: usize,
+    /// A stream silent this long is taken as cut (Wi-Fi gone, board off) and its run kept
+    /// as interrupted.
+    #[arg(long, default_value_t = 600)]
+    idle_timeout_s: u64,
     /// Token the device must present (default: a fresh random one, printed).
     #[arg(long)]
     token: Option<String>,
@@ -446,8 +469,9 @@ fn device_command(a: &EvalArgs, remote: Option<&Remote>) -> Result<Vec<String>> 
     Ok(cmd)
 }
 
-/// Runs one model's device process and ingests its stream; the run
-/// directory, also when the device stopped early (what arrived is kept).
+/// Runs one model's device process and ingests its stream into a new run
+/// directory; the directory, also when the device stopped early (what
+/// arrived is kept, and `--resume` continues it).
 fn eval_one(a: &EvalArgs, base: &[String], remote: Option<&Remote>, model: &Path, progress: &progress::Progress) -> Result<PathBuf> {
     let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     // A shard listed beside whole runs must not pass for one.
@@ -456,8 +480,64 @@ fn eval_one(a: &EvalArgs, base: &[String], remote: Option<&Remote>, model: &Path
         None => stem.clone(),
     };
     let dir = transport::run_dir_for(&a.runs_dir, &name);
-    let device_model = remote.map_or_else(|| model.to_path_buf(), |r| PathBuf::from(&r.models[model]));
-    let run = RunArgs { model: device_model, suite: a.suite.clone(), run_id: None, pause_ms: 0 };
+    let run = RunArgs { model: model.to_path_buf(), suite: a.suite.clone(), run_id: None, pause_ms: a.pause_ms, resume_from: None };
+    let log = RunLog::create(&dir, &format!("device process for {}", model.display()), Some(Launch { args: run.to_args() }))?;
+    device_session(base, remote, run, log, None, progress)
+}
+
+/// The arguments an interrupted run was started with (its manifest's launch).
+fn resume_args(dir: &Path) -> Result<RunArgs> {
+    #[derive(Parser)]
+    struct Stored {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+    let m = Manifest::read(dir)?;
+    let launch = m.launch.with_context(|| {
+        format!(
+            "{} was not started by `quba eval` (source: {}), so its device arguments are unknown; \
+             resume a board's own run with `quba-device run … --run-id ID --resume-from LIST`",
+            dir.display(),
+            m.source
+        )
+    })?;
+    let argv = std::iter::once("quba-device".to_string()).chain(launch.args.iter().cloned());
+    let run = Stored::try_parse_from(argv).with_context(|| format!("{}: the manifest's launch arguments do not parse", dir.display()))?.run;
+    Ok(run)
+}
+
+/// Continues an interrupted run in `dir` (see `--resume`).
+fn resume_one(base: &[String], remote: Option<&Remote>, dir: &Path, mut run: RunArgs, progress: &progress::Progress) -> Result<PathBuf> {
+    let log = RunLog::reopen(dir)?;
+    let m = log.manifest();
+    if m.status == RunStatus::Complete {
+        eprintln!("{} is complete ({} records); nothing to resume", dir.display(), m.records);
+        return Ok(dir.to_path_buf());
+    }
+    // Without a header nothing was recorded: the run starts over, under a new id.
+    run.run_id = m.header.as_ref().map(|h| h.run_id.clone());
+    run.resume_from = Some("-".into());
+    eprintln!("resuming {}: {} records and {} failures kept", dir.display(), m.records, m.failures);
+    let list = serde_json::to_vec(&log.resume_list())?;
+    device_session(base, remote, run, log, Some(list), progress)
+}
+
+/// Starts the device process for `run`, feeds it `stdin` (a resume list),
+/// and ingests what it sends into `log`.
+fn device_session(
+    base: &[String],
+    remote: Option<&Remote>,
+    mut run: RunArgs,
+    log: RunLog,
+    stdin: Option<Vec<u8>>,
+    progress: &progress::Progress,
+) -> Result<PathBuf> {
+    let model = run.model.clone();
+    let dir = log.dir().to_path_buf();
+    let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    if let Some(r) = remote {
+        run.model = PathBuf::from(&r.models[&model]);
+    }
     let argv: Vec<String> = base.iter().cloned().chain(run.to_args()).collect();
     let mut cmd = match remote {
         Some(r) => r.ssh.command(&argv),
@@ -468,11 +548,16 @@ fn eval_one(a: &EvalArgs, base: &[String], remote: Option<&Remote>, model: &Path
         }
     };
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start the device process `{}`", base.join(" ")))?;
+    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A thread, so a list larger than the pipe cannot stall us; a device
+        // that died early only makes this write fail, which its exit reports.
+        std::thread::spawn(move || pipe.write_all(&bytes));
+    }
     let mut stderr = child.stderr.take().unwrap();
     let err_reader = std::thread::spawn(move || {
         let mut s = String::new();
@@ -481,9 +566,7 @@ fn eval_one(a: &EvalArgs, base: &[String], remote: Option<&Remote>, model: &Path
     });
     let stdout = child.stdout.take().unwrap();
     let mut shown = progress.track(&stem);
-    let ingested = transport::ingest_observed(stdout, &dir, &format!("device process for {}", model.display()), None, &mut |m| {
-        shown.observe(m)
-    });
+    let ingested = transport::ingest_observed(stdout, log, None, &mut |m| shown.observe(m));
     shown.finish();
     let status = child.wait()?;
     let device_err = err_reader.join().unwrap_or_default();
@@ -494,7 +577,13 @@ fn eval_one(a: &EvalArgs, base: &[String], remote: Option<&Remote>, model: &Path
         }
         Ok(m) => {
             eprintln!("{}", device_err.trim_end());
-            eprintln!("device run for {} stopped early ({status}); {} records kept in {}", model.display(), m.records, dir.display());
+            eprintln!(
+                "device run for {} stopped early ({status}); {} records kept in {} (`quba eval --resume {}` continues it)",
+                model.display(),
+                m.records,
+                dir.display(),
+                dir.display()
+            );
             Ok(dir)
         }
         Err(e) => {
@@ -548,7 +637,14 @@ fn apply_board(a: &mut EvalArgs, models: &[PathBuf]) -> Result<Option<board::Boa
 
 fn eval(mut a: EvalArgs) -> Result<()> {
     let weights = a.scoring.weights()?;
-    let models = if a.models.is_empty() { zoo_models()? } else { a.models.clone() };
+    let resumed: Vec<RunArgs> = a.resume.iter().map(|d| resume_args(d)).collect::<Result<_>>()?;
+    let models = if !resumed.is_empty() {
+        resumed.iter().map(|r| r.model.clone()).collect()
+    } else if a.models.is_empty() {
+        zoo_models()?
+    } else {
+        a.models.clone()
+    };
     let board = apply_board(&mut a, &models)?;
     let remote = a.ssh.as_deref().map(|dest| deploy_remote(&a, dest, &models)).transpose()?;
     let base = device_command(&a, remote.as_ref())?;
@@ -563,7 +659,10 @@ fn eval(mut a: EvalArgs) -> Result<()> {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let Some(model) = models.get(i) else { break };
-                let r = eval_one(&a, &base, remote.as_ref(), model, &shown);
+                let r = match a.resume.get(i) {
+                    Some(dir) => resume_one(&base, remote.as_ref(), dir, resumed[i].clone(), &shown),
+                    None => eval_one(&a, &base, remote.as_ref(), model, &shown),
+                };
                 let failed = r.is_err();
                 slots_lock.lock().unwrap()[i] = Some(r);
                 if failed {
@@ -742,7 +841,7 @@ fn score(a: ScoreArgs) -> Result<()> {
 }
 
 fn listen(a: ListenArgs) -> Result<()> {
-    let token = match a.token {
+    let token = match a.token.clone() {
         Some(t) => t,
         None => transport::new_token()?,
     };
@@ -751,9 +850,53 @@ fn listen(a: ListenArgs) -> Result<()> {
     println!("listening on {addr} token {token}");
     println!("on the board: quba-device run --model … --data … --out tcp://{addr} --token {token}");
     std::io::stdout().flush()?;
-    let (stream, peer) = listener.accept()?;
-    let m = ingest(stream, &a.run_dir, &format!("tcp {peer}"), Some(&token))?;
-    summary(&a.run_dir, &m);
+    let timeout = Some(std::time::Duration::from_secs(a.idle_timeout_s.max(1)));
+    let Some(root) = &a.runs_dir else {
+        let dir = a.run_dir.as_ref().expect("clap requires --run-dir or --runs-dir");
+        let (stream, peer) = listener.accept()?;
+        stream.set_read_timeout(timeout)?;
+        let m = ingest(stream, dir, &format!("tcp {peer}"), Some(&token))?;
+        summary(dir, &m);
+        return Ok(());
+    };
+    // Each stream on its own thread: memory per connection is one read
+    // buffer, one frame and the run's keys; a full slot table stops accepting,
+    // and the kernel's accept queue and TCP windows hold the boards back.
+    let (slots, freed) = std::sync::mpsc::sync_channel::<()>(a.max_connections.max(1));
+    let freed = std::sync::Mutex::new(freed);
+    let refused = std::sync::atomic::AtomicUsize::new(0);
+    let served = a.streams.unwrap_or(usize::MAX);
+    std::thread::scope(|scope| -> Result<()> {
+        for _ in 0..served {
+            slots.send(()).expect("the receiver lives in this scope");
+            let (stream, peer) = listener.accept()?;
+            let (token, refused, freed) = (&token, &refused, &freed);
+            scope.spawn(move || {
+                let dir = transport::run_dir_for(root, &format!("tcp-{}", peer.to_string().replace([':', '.', '[', ']'], "_")));
+                let r = stream
+                    .set_read_timeout(timeout)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|_| ingest(stream, &dir, &format!("tcp {peer}"), Some(token)));
+                match r {
+                    Ok(m) => summary(&dir, &m),
+                    Err(e) => {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        // A stream refused before its header left nothing worth a run directory.
+                        if Manifest::read(&dir).is_ok_and(|m| m.header.is_none()) {
+                            let _ = std::fs::remove_dir_all(&dir);
+                        }
+                        eprintln!("quba: stream from {peer}: {e:#}");
+                    }
+                }
+                let _ = freed.lock().map(|rx| rx.recv());
+            });
+        }
+        Ok(())
+    })?;
+    let n = refused.into_inner();
+    if n > 0 {
+        bail!("{n} of {served} streams failed or were refused (see above); the others are in {}", root.display());
+    }
     Ok(())
 }
 

@@ -1,0 +1,296 @@
+//! Runs that survive: `quba eval --resume` after the device or the host was
+//! killed with SIGKILL at random points, and `quba listen` taking eight
+//! boards' streams at once, one of them garbage.
+//!
+//! The expected values are the same run made without interruption: a
+//! resumed run must hold every record of it, bit for bit, each exactly once,
+//! and report the same numbers.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use quba_edge::protocol::{decode_all, FrameEncoder, Message};
+use quba_edge::report::Run;
+use serde_json::Value;
+
+const QUBA: &str = env!("CARGO_BIN_EXE_quba");
+const DEVICE: &str = env!("CARGO_BIN_EXE_quba-device");
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("quba-resume-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn check(out: Output, what: &str) -> Output {
+    assert!(out.status.success(), "{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// Every kind of probe set (clean, shifted, generated corruptions, attacks)
+/// on the zoo's CNN; batches of 3 and a pause after each, so a run lasts a
+/// few seconds and a kill lands anywhere in it.
+const MODEL: &str = "models/zoo/cnn-baseline.fp32.onnx";
+const ARGS: [&str; 12] =
+    ["--data", "synth", "--per-class", "2", "--corruption-per-class", "1", "--attack-per-class", "1", "--batch", "3", "--seed", "3"];
+
+fn eval(runs: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(QUBA);
+    c.arg("eval").args(extra).args(["--bootstrap", "0", "--progress", "quiet", "--runs-dir"]).arg(runs);
+    c.stdout(Stdio::null()).stderr(Stdio::piped());
+    c
+}
+
+fn fresh(runs: &Path, pause_ms: &str) -> Command {
+    let mut c = eval(runs, &["--pause-ms", pause_ms]);
+    c.arg("--model").arg(root().join(MODEL)).args(ARGS);
+    c
+}
+
+/// The one run directory `quba eval` made under `runs`, once it exists.
+fn run_dir(runs: &Path) -> Option<PathBuf> {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(runs).ok()?.map(|e| e.unwrap().path()).filter(|p| p.join("manifest.json").exists()).collect();
+    assert!(dirs.len() <= 1, "{dirs:?}");
+    dirs.into_iter().next()
+}
+
+/// The device process `quba eval` (pid) started, if it runs yet.
+fn device_child(pid: u32) -> Option<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children.split_whitespace().next().map(|p| p.parse().unwrap())
+}
+
+fn sigkill(pid: u32) -> bool {
+    Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status().unwrap().success()
+}
+
+fn report(dir: &Path) -> Value {
+    let out = check(Command::new(QUBA).arg("report").arg(dir).args(["--json", "--bootstrap", "100"]).output().unwrap(), "quba report");
+    let mut v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["models"][0].take()
+}
+
+/// A small deterministic generator (the kill schedule is reproducible).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[test]
+fn killed_at_random_points_then_resumed_equals_the_uninterrupted_run() {
+    let t = tmp("kill");
+    let whole = fresh(&t.join("whole"), "0").spawn().unwrap();
+
+    let runs = t.join("killed");
+    let mut rng = Lcg(20261202);
+    let (mut device_kills, mut host_kills, mut attempts) = (0, 0, 0);
+    let mut torn = false;
+    while device_kills + host_kills < 24 {
+        attempts += 1;
+        assert!(attempts < 200, "the run never got far enough to be killed 24 times");
+        let dir = run_dir(&runs);
+        let mut host = match &dir {
+            None => fresh(&runs, "25").spawn().unwrap(),
+            Some(d) => eval(&runs, &["--pause-ms", "25", "--resume"]).arg(d).spawn().unwrap(),
+        };
+        // Anywhere from model loading to deep into the attacks.
+        std::thread::sleep(Duration::from_millis(40 + rng.below(700)));
+        if host.try_wait().unwrap().is_some() {
+            let out = host.wait_with_output().unwrap();
+            panic!("the run ended before its kill: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        // Alternate: the device (the host sees its stream end), or the host
+        // itself (its device then dies writing into the closed pipe).
+        if attempts % 2 == 0 {
+            if let Some(pid) = device_child(host.id()) {
+                if sigkill(pid) {
+                    device_kills += 1;
+                }
+            }
+            let out = host.wait_with_output().unwrap();
+            // Killed before its header, the device left nothing to report on.
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success() || err.contains("no valid run header"), "{err}");
+        } else {
+            host.kill().unwrap();
+            host.wait().unwrap();
+            host_kills += 1;
+        }
+        // Once, a host killed half-way through writing a frame: a torn tail
+        // that the resume must cut off, or the next frame would be lost.
+        if !torn && host_kills > 3 {
+            if let Some(d) = run_dir(&runs) {
+                let mut f = std::fs::OpenOptions::new().append(true).open(d.join("records.qlog")).unwrap();
+                f.write_all(&[0x41, 0x03, 0x10, 0x22, 0x7f]).unwrap();
+                torn = true;
+            }
+        }
+    }
+    let dir = run_dir(&runs).expect("a run directory");
+    let before = Run::load(&dir).unwrap();
+    assert!(torn);
+    check(eval(&runs, &["--resume"]).arg(&dir).output().unwrap(), "the last quba eval --resume");
+    let whole_dir = run_dir(&t.join("whole")).unwrap();
+    check(whole.wait_with_output().unwrap(), "the uninterrupted quba eval");
+
+    let (a, b) = (Run::load(&whole_dir).unwrap(), Run::load(&dir).unwrap());
+    eprintln!(
+        "{device_kills} device and {host_kills} host kills; {} of {} records were in before the last resume",
+        before.records.len(),
+        a.records.len()
+    );
+    assert!(before.records.len() < a.records.len(), "the last resume had work left");
+    // Every record exactly once in the log itself, not only after dedup.
+    let (frames, _) = decode_all(&std::fs::read(dir.join("records.qlog")).unwrap());
+    let mut seen = HashMap::new();
+    for f in frames {
+        if let Message::Record(r) = f.message {
+            *seen.entry((r.set, r.sample)).or_insert(0) += 1;
+        }
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "records logged twice: {twice:?}");
+    assert_eq!(b.duplicates, 0);
+
+    let sorted = |r: &Run| {
+        let mut v = r.records.clone();
+        v.sort_by_key(|r| (r.set, r.sample));
+        v
+    };
+    assert_eq!(sorted(&b).len(), a.header.samples as usize, "every sample of the plan");
+    assert_eq!(sorted(&b), sorted(&a), "every record, bit for bit");
+    assert_eq!(b.failures, a.failures);
+    let mut header = b.header.clone();
+    header.run_id = a.header.run_id.clone();
+    assert_eq!(header, a.header);
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["status"], "complete");
+    assert_eq!(m["records"].as_u64(), Some(a.records.len() as u64));
+    assert_eq!(m["decode"]["truncated_tail"], true, "the torn frame is on record");
+
+    let (mut ra, mut rb) = (report(&whole_dir), report(&dir));
+    for v in [&mut ra, &mut rb] {
+        let run = v.as_object_mut().unwrap().remove("run").unwrap();
+        assert_eq!(run["status"], "complete");
+    }
+    assert_eq!(ra, rb, "the resumed run reports what the uninterrupted one does");
+    // Resuming a complete run changes nothing.
+    let out = check(eval(&runs, &["--resume"]).arg(&dir).output().unwrap(), "resuming a complete run");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to resume"));
+    assert_eq!(Run::load(&dir).unwrap().records, b.records);
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+#[test]
+fn resume_refuses_what_it_cannot_continue() {
+    let t = tmp("refuse");
+    // A run received by `quba ingest` has no launch arguments to repeat.
+    let dir = t.join("ingested");
+    let dev = Command::new(DEVICE)
+        .args(["run", "--model"])
+        .arg(root().join("models/tiny/tiny-cnn.fp32.onnx"))
+        .arg("--data")
+        .arg(root().join("tests/data/tiny/val"))
+        .args(["--probes", "clean"])
+        .output()
+        .unwrap();
+    let mut ingest = Command::new(QUBA).arg("ingest").arg("--run-dir").arg(&dir).stdin(Stdio::piped()).spawn().unwrap();
+    ingest.stdin.take().unwrap().write_all(&dev.stdout[..dev.stdout.len() / 2]).unwrap();
+    ingest.wait().unwrap();
+    let out = eval(&t, &["--resume"]).arg(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("ingested") && err.contains("--resume-from"), "{err}");
+
+    // A device given another run's arguments: its header does not match, nothing is appended.
+    let runs = t.join("runs");
+    let mut host = fresh(&runs, "40").spawn().unwrap();
+    let started = Instant::now();
+    while run_dir(&runs).is_none_or(|d| Run::load(&d).is_err()) {
+        assert!(started.elapsed() < Duration::from_secs(60), "no header arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    host.kill().unwrap();
+    host.wait().unwrap();
+    let d = run_dir(&runs).unwrap();
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(d.join("manifest.json")).unwrap()).unwrap();
+    let args = m["launch"]["args"].as_array_mut().unwrap();
+    let seed = args.iter().position(|a| a == "--seed").unwrap();
+    args[seed + 1] = "4".into();
+    std::fs::write(d.join("manifest.json"), serde_json::to_string(&m).unwrap()).unwrap();
+    // Reopening cuts a torn tail, if the kill left one; then nothing may change.
+    drop(quba_edge::transport::RunLog::reopen(&d).unwrap());
+    let kept = std::fs::metadata(d.join("records.qlog")).unwrap().len();
+    let out = eval(&runs, &["--resume"]).arg(&d).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not the one being resumed") && err.contains("seed"), "{err}");
+    assert_eq!(std::fs::metadata(d.join("records.qlog")).unwrap().len(), kept, "nothing appended");
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+/// Eight boards stream into one `quba listen` at once over loopback TCP;
+/// the eighth presents the token and then sends garbage. The seven real
+/// streams complete, each in its own run directory; the garbage is refused
+/// and leaves no run behind.
+#[test]
+fn eight_concurrent_streams_one_of_them_garbage() {
+    let t = tmp("listen");
+    let runs = t.join("runs");
+    let mut host = Command::new(QUBA)
+        .args(["listen", "--bind", "127.0.0.1:0", "--token", "fleet-token", "--streams", "8", "--max-connections", "8", "--runs-dir"])
+        .arg(&runs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(host.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+    let addr = first.split_whitespace().nth(2).unwrap().to_string();
+    let boards: Vec<Child> = (0..7)
+        .map(|_| {
+            Command::new(DEVICE)
+                .args(["run", "--model"])
+                .arg(root().join("models/tiny/tiny-cnn.fp32.onnx"))
+                .arg("--data")
+                .arg(root().join("tests/data/tiny/val"))
+                .args(["--probes", "clean", "--batch", "4", "--pause-ms", "5", "--out", &format!("tcp://{addr}"), "--token", "fleet-token"])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut garbage = std::net::TcpStream::connect(&addr).unwrap();
+    garbage.write_all(FrameEncoder::new().encode(&Message::Hello { token: "fleet-token".into() }).unwrap()).unwrap();
+    let mut rng = Lcg(8);
+    let noise: Vec<u8> = (0..200_000).map(|_| rng.below(256) as u8).collect();
+    garbage.write_all(&noise).unwrap();
+    drop(garbage);
+    for b in boards {
+        check(b.wait_with_output().unwrap(), "a board's quba-device run");
+    }
+    let out = host.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "one stream was garbage: {err}");
+    assert!(err.contains("1 of 8 streams") && err.contains("no valid run header"), "{err}");
+
+    let dirs: Vec<PathBuf> = std::fs::read_dir(&runs).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(dirs.len(), 7, "one run per real board, none for the garbage: {dirs:?}");
+    let runs: Vec<Run> = dirs.iter().map(|d| Run::load(d).unwrap()).collect();
+    for r in &runs {
+        assert_eq!(r.status, quba_edge::transport::RunStatus::Complete, "{}", r.dir.display());
+        assert_eq!(r.records.len(), 120, "{}", r.dir.display());
+        // Same model and images on every board: the same records.
+        assert_eq!(r.records, runs[0].records, "{}", r.dir.display());
+    }
+    let _ = std::fs::remove_dir_all(&t);
+}

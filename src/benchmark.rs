@@ -15,7 +15,7 @@
 use std::sync::OnceLock;
 
 use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::protocol::{OodSet, ProbeSet};
 
@@ -83,28 +83,19 @@ fn parse_tables() -> Result<ImageNetTables> {
     Ok(ImageNetTables { wnids, categories: s.categories, members, imagenet_r_wnids, imagenet_r_indices, in_to_in9 })
 }
 
-/// How a benchmark's datasets relate to the model's classes; recorded in the
-/// run header so the host can recompute decisions from stored full vectors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mapping {
-    Identity,
-    #[serde(rename = "imagenet")]
-    ImageNet,
+pub use crate::protocol::Mapping;
+
+/// What a [`Mapping`] means for each probe set: how a class vector becomes a
+/// decision, and which label folders a dataset must have. (A trait because
+/// the enum travels in the run header, in the `quba-wire` crate.)
+pub trait MappingRules: Copy {
+    fn decision(self, set: ProbeSet) -> Decision;
+    fn categories(self, set: ProbeSet, clean_classes: &[String]) -> Option<Vec<String>>;
+    fn expected_folders(self, set: ProbeSet) -> Option<usize>;
 }
 
-impl Mapping {
-    /// The benchmark's own description decides: the study's datasets need the
-    /// study's mappings; everything else is labelled in the model's classes.
-    pub fn for_benchmark(name: &str) -> Mapping {
-        if name == "imagenet" {
-            Mapping::ImageNet
-        } else {
-            Mapping::Identity
-        }
-    }
-
-    pub fn decision(self, set: ProbeSet) -> Decision {
+impl MappingRules for Mapping {
+    fn decision(self, set: ProbeSet) -> Decision {
         match self {
             Mapping::Identity => Decision::Identity,
             Mapping::ImageNet => match set {
@@ -118,7 +109,7 @@ impl Mapping {
 
     /// Folder names a dataset of `set` must use, in label order, where the
     /// mapping fixes them; `None` means "the folders in sorted order".
-    pub fn categories(self, set: ProbeSet, clean_classes: &[String]) -> Option<Vec<String>> {
+    fn categories(self, set: ProbeSet, clean_classes: &[String]) -> Option<Vec<String>> {
         match (self, self.decision(set)) {
             (Mapping::Identity, _) => Some(clean_classes.to_vec()),
             (_, Decision::MeanOfMembers(_)) => Some(imagenet_tables().categories.clone()),
@@ -132,7 +123,7 @@ impl Mapping {
 
     /// How many label folders a dataset of `set` must have when `categories`
     /// does not name them.
-    pub fn expected_folders(self, set: ProbeSet) -> Option<usize> {
+    fn expected_folders(self, set: ProbeSet) -> Option<usize> {
         match self.decision(set) {
             Decision::Lookup(_, k) => Some(k),
             _ => None,

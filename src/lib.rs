@@ -16,7 +16,8 @@ pub mod data;
 pub mod engine;
 pub mod grad;
 pub mod metrics;
-pub mod protocol;
+/// The wire format, in its own crate (`crates/quba-wire`).
+pub use quba_wire as protocol;
 pub mod quba;
 #[cfg(feature = "host")]
 pub mod progress;

@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 
+use crate::benchmark::MappingRules;
 use crate::metrics;
 use crate::protocol::{decode_all, DecodeStats, End, Failure, Header, Message, OodSet, ProbeSet, Record, CORRUPTIONS, PROTOCOL_VERSION};
 use crate::quba::{self, Dimension, Normalisation, Values, Weights};
-use crate::transport::{Manifest, RunStatus, LOG_FILE};
+use crate::transport::{Manifest, ManifestFile, RunStatus, LOG_FILE};
 
 /// One run as the host stored it.
 pub struct Run {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::benchmark::{Decision, Mapping};
+use crate::benchmark::{Decision, Mapping, MappingRules};
 use crate::attack::{AttackConfig, Mode as AttackMode};
 use crate::corrupt::{CorruptOptions, Corruption, SEVERITIES};
 use crate::grad::GradModel;

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
 use crate::protocol::{decode_all, DecodeStats, FrameDecoder, FrameEncoder, Header, Message, ProbeSet, Resume};
 
@@ -44,72 +43,32 @@ pub fn open_sink(spec: &str, token: Option<&str>) -> Result<Box<dyn Write>> {
     Ok(Box::new(BufWriter::new(f)))
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    Running,
-    /// The device sent its End frame.
-    Complete,
-    /// The stream stopped before End (device killed, cable pulled, …): what
-    /// was received is kept and reported as such.
-    Interrupted,
-    /// Merged from shards of which some were missing or unfinished (`quba
-    /// merge --partial`); the manifest's `merged` names them.
-    Partial,
+pub use crate::protocol::{Launch, Manifest, MergeInfo, RunStatus};
+
+/// `manifest.json` on disk.
+pub trait ManifestFile: Sized {
+    fn read(dir: &Path) -> Result<Self>;
+    fn write(&self, dir: &Path) -> Result<()>;
 }
 
-/// Where a merged run came from (`quba merge`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MergeInfo {
-    /// N of `--shard K/N`.
-    pub shards: u32,
-    /// Shard indices merged, missing, and merged although they did not finish.
-    pub merged: Vec<u32>,
-    pub missing: Vec<u32>,
-    pub unfinished: Vec<u32>,
-    /// The shard run directories, in shard order.
-    pub sources: Vec<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Manifest {
-    pub schema: String,
-    pub status: RunStatus,
-    pub source: String,
-    pub header: Option<Header>,
-    pub records: u64,
-    pub failures: u64,
-    pub decode: DecodeStats,
-    pub host_tool_version: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub merged: Option<MergeInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub launch: Option<Launch>,
-}
-
-/// How `quba eval` started the device for a run, so `quba eval --resume`
-/// can start it again with the same arguments.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Launch {
-    /// `quba-device run` arguments (`RunArgs::to_args`), the model as a path
-    /// on this host: an SSH resume copies it to the board again.
-    pub args: Vec<String>,
-}
-
-impl Manifest {
-    pub fn read(dir: &Path) -> Result<Self> {
+impl ManifestFile for Manifest {
+    fn read(dir: &Path) -> Result<Self> {
         let p = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&p).with_context(|| format!("{} is not a run directory (no {MANIFEST_FILE})", dir.display()))?;
         serde_json::from_str(&text).with_context(|| format!("{} is damaged", p.display()))
     }
 
     /// Write-then-rename, so a reader (or a crash) never sees half a manifest.
-    pub fn write(&self, dir: &Path) -> Result<()> {
+    fn write(&self, dir: &Path) -> Result<()> {
         let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
         let mut f = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
         f.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, dir.join(MANIFEST_FILE))?;
+        // The rename itself is durable only once the directory is synced.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
         Ok(())
     }
 }

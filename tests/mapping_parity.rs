@@ -4,7 +4,7 @@
 //! ImageNet-R restriction, ImageNet-9 lookup and shape-bias counts must be
 //! the ones numpy gets.
 
-use quba_edge::benchmark::{Mapping, NO_CLASS};
+use quba_edge::benchmark::{Mapping, MappingRules, NO_CLASS};
 use quba_edge::metrics::shape_bias;
 use quba_edge::protocol::{OodSet, ProbeSet};
 use serde_json::Value;

@@ -13,7 +13,7 @@ use quba_edge::progress;
 use quba_edge::quba::{self, Dimension, Normalisation, Weights};
 use quba_edge::report::{self, EvalOptions, Run};
 use quba_edge::suite::{run_device, DeviceArgs, RunArgs, SuiteArgs};
-use quba_edge::transport::{self, ingest, Launch, Manifest, RunLog, RunStatus};
+use quba_edge::transport::{self, ingest, Launch, Manifest, ManifestFile, RunLog, RunStatus};
 
 #[derive(Parser)]
 #[command(

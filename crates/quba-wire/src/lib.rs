@@ -1,7 +1,9 @@
-//! The device → host stream: message types and their framing.
+//! The device → host stream of quba-edge: message types and their framing.
 //!
-//! This module compiles for every target (no tract, no files) because both
-//! binaries share it; `docs/wire-format.md` is its one-page description. The
+//! A crate of its own (serde, postcard, COBS, CRC-32, heapless; no tract, no
+//! files) so that both binaries share it, another program can read a board's
+//! stream without linking a runtime, and the fuzz targets (`fuzz/`) build in
+//! seconds; quba-edge re-exports it as `quba_edge::protocol`. `docs/wire-format.md` is its one-page description. The
 //! device side never allocates per record: a [`Record`] keeps its probability
 //! vector in a fixed-capacity `heapless::Vec` and [`FrameEncoder`] writes into
 //! fixed arrays it owns.
@@ -12,6 +14,29 @@ use serde::{Deserialize, Serialize};
 /// the end of an enum is compatible (postcard writes the discriminant as a
 /// varint), so old logs stay readable by newer hosts.
 pub const PROTOCOL_VERSION: u8 = 3;
+
+/// How a benchmark's datasets relate to the model's classes; recorded in the
+/// run header so the host can recompute decisions from stored full vectors.
+/// (The decision rules themselves live in quba-edge's `benchmark` module.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mapping {
+    Identity,
+    #[serde(rename = "imagenet")]
+    ImageNet,
+}
+
+impl Mapping {
+    /// The benchmark's own description decides: the study's datasets need the
+    /// study's mappings; everything else is labelled in the model's classes.
+    pub fn for_benchmark(name: &str) -> Mapping {
+        if name == "imagenet" {
+            Mapping::ImageNet
+        } else {
+            Mapping::Identity
+        }
+    }
+}
 
 /// ImageNet-1k is the widest label space the study uses.
 pub const MAX_CLASSES: usize = 1000;
@@ -45,15 +70,16 @@ impl Precision {
 }
 
 /// Where the classifier's forward passes run (`--backend`).
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Backend {
     /// tract on the CPU (every target).
     #[serde(rename = "tract-cpu")]
-    #[value(name = "cpu")]
+    #[cfg_attr(feature = "clap", value(name = "cpu"))]
     TractCpu,
     /// tract's CUDA runtime on an NVIDIA GPU (host builds with the `cuda` feature).
     #[serde(rename = "tract-cuda")]
-    #[value(name = "cuda")]
+    #[cfg_attr(feature = "clap", value(name = "cuda"))]
     TractCuda,
 }
 
@@ -153,7 +179,8 @@ pub const CORRUPTIONS: [&str; 15] = [
 
 /// Groups of probe sets, one per dimension's data (`--probes` selects them;
 /// the `End` frame times them).
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ProbeGroup {
     /// The clean validation set (accuracy, calibration, class balance).
     Clean,
@@ -256,7 +283,7 @@ pub struct Header {
     /// full probability vector, so the host can recompute mapped decisions.
     pub full_probs: bool,
     /// How the shifted datasets' labels relate to the model's classes.
-    pub mapping: crate::benchmark::Mapping,
+    pub mapping: Mapping,
     /// Where corrupted images came from (generated on the device, or an
     /// ImageNet-C tree) and how; empty when no corruption ran.
     pub corruption_source: String,
@@ -588,6 +615,61 @@ impl FrameDecoder {
 pub struct Resume {
     pub records: Vec<(ProbeSet, u32)>,
     pub failures: Vec<(ProbeSet, u32)>,
+}
+
+/// A run directory's `manifest.json` (written by the host, replaced
+/// atomically): what the run is and how it ended. The frames themselves are
+/// in `records.qlog`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    /// The device sent its End frame.
+    Complete,
+    /// The stream stopped before End (device killed, cable pulled, …): what
+    /// was received is kept and reported as such.
+    Interrupted,
+    /// Merged from shards of which some were missing or unfinished (`quba
+    /// merge --partial`); the manifest's `merged` names them.
+    Partial,
+}
+
+/// Where a merged run came from (`quba merge`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeInfo {
+    /// N of `--shard K/N`.
+    pub shards: u32,
+    /// Shard indices merged, missing, and merged although they did not finish.
+    pub merged: Vec<u32>,
+    pub missing: Vec<u32>,
+    pub unfinished: Vec<u32>,
+    /// The shard run directories, in shard order.
+    pub sources: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub schema: String,
+    pub status: RunStatus,
+    pub source: String,
+    pub header: Option<Header>,
+    pub records: u64,
+    pub failures: u64,
+    pub decode: DecodeStats,
+    pub host_tool_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged: Option<MergeInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<Launch>,
+}
+
+/// How `quba eval` started the device for a run, so `quba eval --resume`
+/// can start it again with the same arguments.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launch {
+    /// `quba-device run` arguments (`RunArgs::to_args`), the model as a path
+    /// on this host: an SSH resume copies it to the board again.
+    pub args: Vec<String>,
 }
 
 /// Decodes a whole byte buffer (a stored log, a test stream).

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for RUNS executions (default 300000) from the
+# committed seed corpus in fuzz/corpus/TARGET; new inputs libFuzzer finds go
+# to a scratch corpus, so the committed one changes only by hand.
+# Needs a nightly toolchain and cargo-fuzz (`.ci/run` installs both).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs="${1:-300000}"
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+for t in frames manifest resume; do
+  mkdir -p "$scratch/$t"
+  # -seed fixes libFuzzer's choices, so a run is repeatable; -max_len covers a
+  # full 1000-class record frame (4.2 KB) with room to spare.
+  if ! cargo +nightly fuzz run --fuzz-dir fuzz "$t" "$scratch/$t" "fuzz/corpus/$t" -- \
+    -runs="$runs" -seed=1 -max_len=16384 -print_final_stats=1 >"$scratch/$t.log" 2>&1; then
+    tail -n 60 "$scratch/$t.log"
+    echo "fuzz target $t failed; the input is in fuzz/artifacts/$t/" >&2
+    exit 1
+  fi
+  grep -E "^stat::(number_of_executed_units|peak_rss_mb|new_units_added)|^Done" "$scratch/$t.log" | sed "s/^/$t: /"
+done

@@ -271,7 +271,6 @@ pub fn ingest_observed(mut input: impl Read, mut run: RunLog, token: Option<&str
         }
         if let Some(h) = new_header {
             run.manifest.header = Some(h);
-            run.manifest.decode = dec.stats.clone();
             run.manifest.write(&dir)?;
         }
         if error.is_some() {

@@ -62,10 +62,13 @@ fn run_dir(runs: &Path) -> Option<PathBuf> {
     dirs.into_iter().next()
 }
 
-/// The device process `quba eval` (pid) started, if it runs yet.
+/// The device process `quba eval` (pid) started, if it runs yet. Linux
+/// lists children under the thread that spawned them: a worker thread here.
 fn device_child(pid: u32) -> Option<u32> {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-    children.split_whitespace().next().map(|p| p.parse().unwrap())
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .find_map(|c| c.split_whitespace().next().map(|p| p.parse().unwrap()))
 }
 
 fn sigkill(pid: u32) -> bool {
@@ -102,22 +105,31 @@ fn killed_at_random_points_then_resumed_equals_the_uninterrupted_run() {
         assert!(attempts < 200, "the run never got far enough to be killed 24 times");
         let dir = run_dir(&runs);
         let mut host = match &dir {
-            None => fresh(&runs, "25").spawn().unwrap(),
-            Some(d) => eval(&runs, &["--pause-ms", "25", "--resume"]).arg(d).spawn().unwrap(),
+            None => fresh(&runs, "80").spawn().unwrap(),
+            Some(d) => eval(&runs, &["--pause-ms", "80", "--resume", d.to_str().unwrap()]).spawn().unwrap(),
         };
         // Anywhere from model loading to deep into the attacks.
-        std::thread::sleep(Duration::from_millis(40 + rng.below(700)));
+        std::thread::sleep(Duration::from_millis(40 + rng.below(560)));
         if host.try_wait().unwrap().is_some() {
             let out = host.wait_with_output().unwrap();
-            panic!("the run ended before its kill: {}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "the run ended before its kill (after {device_kills} device and {host_kills} host kills): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         // Alternate: the device (the host sees its stream end), or the host
         // itself (its device then dies writing into the closed pipe).
         if attempts % 2 == 0 {
-            if let Some(pid) = device_child(host.id()) {
-                if sigkill(pid) {
-                    device_kills += 1;
+            // The host may still be starting it.
+            let asked = Instant::now();
+            while asked.elapsed() < Duration::from_secs(10) && host.try_wait().unwrap().is_none() {
+                if let Some(pid) = device_child(host.id()) {
+                    if sigkill(pid) {
+                        device_kills += 1;
+                    }
+                    break;
                 }
+                std::thread::sleep(Duration::from_millis(5));
             }
             let out = host.wait_with_output().unwrap();
             // Killed before its header, the device left nothing to report on.
@@ -127,6 +139,10 @@ fn killed_at_random_points_then_resumed_equals_the_uninterrupted_run() {
             host.kill().unwrap();
             host.wait().unwrap();
             host_kills += 1;
+        }
+        if let Some(d) = run_dir(&runs) {
+            let m: Value = serde_json::from_str(&std::fs::read_to_string(d.join("manifest.json")).unwrap()).unwrap();
+            eprintln!("attempt {attempts}: {} records, {}", m["records"], m["status"]);
         }
         // Once, a host killed half-way through writing a frame: a torn tail
         // that the resume must cut off, or the next frame would be lost.
@@ -141,7 +157,7 @@ fn killed_at_random_points_then_resumed_equals_the_uninterrupted_run() {
     let dir = run_dir(&runs).expect("a run directory");
     let before = Run::load(&dir).unwrap();
     assert!(torn);
-    check(eval(&runs, &["--resume"]).arg(&dir).output().unwrap(), "the last quba eval --resume");
+    check(eval(&runs, &["--resume", dir.to_str().unwrap()]).output().unwrap(), "the last quba eval --resume");
     let whole_dir = run_dir(&t.join("whole")).unwrap();
     check(whole.wait_with_output().unwrap(), "the uninterrupted quba eval");
 
@@ -187,7 +203,7 @@ fn killed_at_random_points_then_resumed_equals_the_uninterrupted_run() {
     }
     assert_eq!(ra, rb, "the resumed run reports what the uninterrupted one does");
     // Resuming a complete run changes nothing.
-    let out = check(eval(&runs, &["--resume"]).arg(&dir).output().unwrap(), "resuming a complete run");
+    let out = check(eval(&runs, &["--resume", dir.to_str().unwrap()]).output().unwrap(), "resuming a complete run");
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to resume"));
     assert_eq!(Run::load(&dir).unwrap().records, b.records);
     let _ = std::fs::remove_dir_all(&t);
@@ -209,7 +225,7 @@ fn resume_refuses_what_it_cannot_continue() {
     let mut ingest = Command::new(QUBA).arg("ingest").arg("--run-dir").arg(&dir).stdin(Stdio::piped()).spawn().unwrap();
     ingest.stdin.take().unwrap().write_all(&dev.stdout[..dev.stdout.len() / 2]).unwrap();
     ingest.wait().unwrap();
-    let out = eval(&t, &["--resume"]).arg(&dir).output().unwrap();
+    let out = eval(&t, &["--resume", dir.to_str().unwrap()]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("ingested") && err.contains("--resume-from"), "{err}");
 
@@ -232,7 +248,7 @@ fn resume_refuses_what_it_cannot_continue() {
     // Reopening cuts a torn tail, if the kill left one; then nothing may change.
     drop(quba_edge::transport::RunLog::reopen(&d).unwrap());
     let kept = std::fs::metadata(d.join("records.qlog")).unwrap().len();
-    let out = eval(&runs, &["--resume"]).arg(&d).output().unwrap();
+    let out = eval(&runs, &["--resume", d.to_str().unwrap()]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("not the one being resumed") && err.contains("seed"), "{err}");
     assert_eq!(std::fs::metadata(d.join("records.qlog")).unwrap().len(), kept, "nothing appended");
@@ -254,7 +270,8 @@ fn eight_concurrent_streams_one_of_them_garbage() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let first = BufReader::new(host.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+    let mut lines = BufReader::new(host.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
     let addr = first.split_whitespace().nth(2).unwrap().to_string();
     let boards: Vec<Child> = (0..7)
         .map(|_| {
@@ -275,11 +292,12 @@ fn eight_concurrent_streams_one_of_them_garbage() {
     let noise: Vec<u8> = (0..200_000).map(|_| rng.below(256) as u8).collect();
     garbage.write_all(&noise).unwrap();
     drop(garbage);
-    for b in boards {
-        check(b.wait_with_output().unwrap(), "a board's quba-device run");
-    }
+    let boards: Vec<Output> = boards.into_iter().map(|b| b.wait_with_output().unwrap()).collect();
     let out = host.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
+    for b in boards {
+        check(b, &format!("a board's quba-device run (host: {err})"));
+    }
     assert!(!out.status.success(), "one stream was garbage: {err}");
     assert!(err.contains("1 of 8 streams") && err.contains("no valid run header"), "{err}");
 

@@ -847,9 +847,14 @@ fn listen(a: ListenArgs) -> Result<()> {
     };
     let listener = std::net::TcpListener::bind(&a.bind).with_context(|| format!("cannot listen on {}", a.bind))?;
     let addr = listener.local_addr()?;
-    println!("listening on {addr} token {token}");
-    println!("on the board: quba-device run --model … --data … --out tcp://{addr} --token {token}");
-    std::io::stdout().flush()?;
+    // Whoever started us may stop reading after the address; that must not
+    // stop the boards' streams.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on {addr} token {token}")
+        .and_then(|_| out.flush())
+        .context("cannot print the listening address and token")?;
+    let _ = writeln!(out, "on the board: quba-device run --model … --data … --out tcp://{addr} --token {token}").and_then(|_| out.flush());
+    drop(out);
     let timeout = Some(std::time::Duration::from_secs(a.idle_timeout_s.max(1)));
     let Some(root) = &a.runs_dir else {
         let dir = a.run_dir.as_ref().expect("clap requires --run-dir or --runs-dir");

@@ -399,17 +399,7 @@ fn bad_inputs_get_clear_errors() {
     let victim = std::fs::read_dir(copy.join(first_class())).unwrap().next().unwrap().unwrap().path();
     std::fs::write(&victim, b"\x89PNG\r\n\x1a\nbroken").unwrap();
     let dir = t.join("run");
-    let mut dev = Command::new(DEVICE)
-        .args(["run", "--model"])
-        .arg(model("tiny-cnn.fp32.onnx"))
-        .arg("--data")
-        .arg(&copy)
-        .args(["--probes", "clean"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    ok(Command::new(QUBA).args(["ingest", "--run-dir"]).arg(&dir).stdin(dev.stdout.take().unwrap()));
-    assert!(dev.wait().unwrap().success());
+    clean_run_into(&copy, &dir);
     let m = manifest(&dir);
     assert_eq!((m["records"].as_u64(), m["failures"].as_u64()), (Some(119), Some(1)));
     let res = report_json(&[&dir], &[]);
@@ -417,7 +407,70 @@ fn bad_inputs_get_clear_errors() {
     let name = victim.file_name().unwrap().to_str().unwrap();
     assert!(f["path"].as_str().unwrap().ends_with(name), "{f}");
     assert!(f["error"].as_str().unwrap().contains("does not decode"), "{f}");
+
+    // More hostile images, each in place of a good one: a zero-byte file, a
+    // JPEG cut in half, a PNG that declares 20 000 × 20 000 pixels (1.2 GB
+    // decoded: refused by the decoder's memory limit before allocating), and
+    // a 1 × 1 PNG, which torchvision's Resize would upsample and so do we (a
+    // record, not a failure).
+    let hostile = t.join("hostile");
+    copy_tree(&val(), &hostile);
+    let mut victims: Vec<PathBuf> = std::fs::read_dir(hostile.join(first_class())).unwrap().map(|e| e.unwrap().path()).collect();
+    victims.sort();
+    std::fs::write(&victims[0], b"").unwrap();
+    let jpeg = {
+        let mut buf = std::io::Cursor::new(Vec::new());
+        image::RgbImage::from_pixel(64, 64, image::Rgb([200, 40, 40])).write_to(&mut buf, image::ImageFormat::Jpeg).unwrap();
+        buf.into_inner()
+    };
+    std::fs::write(&victims[1], &jpeg[..jpeg.len() / 2]).unwrap();
+    std::fs::write(&victims[2], png_header_only(20_000, 20_000)).unwrap();
+    image::RgbImage::from_pixel(1, 1, image::Rgb([10, 200, 30])).save_with_format(&victims[3], image::ImageFormat::Png).unwrap();
+    let dir = t.join("hostile-run");
+    clean_run_into(&hostile, &dir);
+    let m = manifest(&dir);
+    assert_eq!((m["records"].as_u64(), m["failures"].as_u64()), (Some(117), Some(3)), "{m}");
+    let res = report_json(&[&dir], &[]);
+    let failures = res["models"][0]["run"]["failures"].as_array().unwrap();
+    for (victim, why) in victims[..3].iter().zip(["", "", "limit"]) {
+        let name = victim.file_name().unwrap().to_str().unwrap();
+        let f = failures.iter().find(|f| f["path"].as_str().unwrap().ends_with(name)).unwrap_or_else(|| panic!("{name}: {failures:?}"));
+        assert!(f["error"].as_str().unwrap().contains(why), "{f}");
+    }
+
+    // A full disk under the device's output file: the error names the output.
+    let err = fails(&mut device("tiny-cnn.fp32.onnx", &["--out", "/dev/full"]));
+    assert!(err.contains("--out /dev/full") && err.contains("No space left"), "{err}");
     let _ = std::fs::remove_dir_all(&t);
+}
+
+/// The tiny CNN's clean probe on the image folder `data`, piped from the
+/// device into `quba ingest` in `dir`; both must succeed.
+fn clean_run_into(data: &Path, dir: &Path) {
+    let mut dev = Command::new(DEVICE)
+        .args(["run", "--model"])
+        .arg(model("tiny-cnn.fp32.onnx"))
+        .arg("--data")
+        .arg(data)
+        .args(["--probes", "clean"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ok(Command::new(QUBA).args(["ingest", "--run-dir"]).arg(dir).stdin(dev.stdout.take().unwrap()));
+    assert!(dev.wait().unwrap().success());
+}
+
+/// A PNG signature and IHDR chunk declaring `w` × `h` RGB pixels, and no data.
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(13u32.to_be_bytes());
+    png.extend(&ihdr);
+    png.extend(crc32fast::hash(&ihdr).to_be_bytes());
+    png
 }
 
 fn first_class() -> String {

@@ -172,7 +172,17 @@ fn nine_dimensions_match_x86(profile: &str) {
         assert_eq!(da.len(), 16 + 8 * 16 + 75 * 16 + 2 * 16);
         let differ: Vec<_> = da.iter().zip(&dx).filter(|(p, q)| p != q).collect();
         assert!(differ.is_empty(), "{} {}: {} decisions differ, e.g. {:?}", a["name"], a["precision"], differ.len(), &differ[..differ.len().min(5)]);
-        assert_eq!(a["dimensions"], x["dimensions"], "{} {}", a["name"], a["precision"]);
+        if board.triple.starts_with("aarch64") {
+            assert_eq!(a["dimensions"], x["dimensions"], "{} {}", a["name"], a["precision"]);
+        } else {
+            // armv7's float kernels round differently in the last bits (measured:
+            // calibration error 0.030735051877 on x86, 0.030735053472 on armv7,
+            // every decision identical); the values must still agree to 1e-6.
+            for (d, v) in x["dimensions"].as_object().unwrap() {
+                let (p, q) = (v.as_f64().unwrap_or(f64::NAN), a["dimensions"][d].as_f64().unwrap_or(f64::NAN));
+                assert!((p - q).abs() <= 1e-6 || (p.is_nan() && q.is_nan()), "{} {} {d}: x86 {p}, {} {q}", a["name"], a["precision"], board.triple);
+            }
+        }
         // The parity report a user reads: board (b) against the x86 reference (a).
         let out = Command::new(env!("CARGO_BIN_EXE_quba"))
             .args(["compare", x["run"]["dir"].as_str().unwrap(), a["run"]["dir"].as_str().unwrap(), "--json"])

@@ -387,10 +387,17 @@ pub struct Loaded {
 
 /// Decodes an image file to RGB; errors name the file.
 pub fn decode(path: &Path) -> Result<image::RgbImage> {
-    Ok(image::ImageReader::open(path)
+    // A board has 0.5–8 GB: a file that declares a gigapixel image must fail
+    // as one sample, before the decoder allocates for it. 256 MiB holds any
+    // photograph a dataset has (an 8000 × 8000 RGBA is 244 MiB).
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(256 << 20);
+    let mut reader = image::ImageReader::open(path)
         .with_context(|| format!("cannot open image {}", path.display()))?
         .with_guessed_format()
-        .with_context(|| format!("cannot read image {}", path.display()))?
+        .with_context(|| format!("cannot read image {}", path.display()))?;
+    reader.limits(limits);
+    Ok(reader
         .decode()
         .with_context(|| format!("image {} does not decode", path.display()))?
         .to_rgb8())

@@ -424,7 +424,7 @@ fn bad_inputs_get_clear_errors() {
         buf.into_inner()
     };
     std::fs::write(&victims[1], &jpeg[..jpeg.len() / 2]).unwrap();
-    std::fs::write(&victims[2], png_header_only(20_000, 20_000)).unwrap();
+    std::fs::write(&victims[2], png_declaring(20_000, 20_000)).unwrap();
     image::RgbImage::from_pixel(1, 1, image::Rgb([10, 200, 30])).save_with_format(&victims[3], image::ImageFormat::Png).unwrap();
     let dir = t.join("hostile-run");
     clean_run_into(&hostile, &dir);
@@ -432,7 +432,7 @@ fn bad_inputs_get_clear_errors() {
     assert_eq!((m["records"].as_u64(), m["failures"].as_u64()), (Some(117), Some(3)), "{m}");
     let res = report_json(&[&dir], &[]);
     let failures = res["models"][0]["run"]["failures"].as_array().unwrap();
-    for (victim, why) in victims[..3].iter().zip(["", "", "limit"]) {
+    for (victim, why) in victims[..3].iter().zip(["does not decode", "does not decode", "limit"]) {
         let name = victim.file_name().unwrap().to_str().unwrap();
         let f = failures.iter().find(|f| f["path"].as_str().unwrap().ends_with(name)).unwrap_or_else(|| panic!("{name}: {failures:?}"));
         assert!(f["error"].as_str().unwrap().contains(why), "{f}");
@@ -460,16 +460,19 @@ fn clean_run_into(data: &Path, dir: &Path) {
     assert!(dev.wait().unwrap().success());
 }
 
-/// A PNG signature and IHDR chunk declaring `w` × `h` RGB pixels, and no data.
-fn png_header_only(w: u32, h: u32) -> Vec<u8> {
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend(w.to_be_bytes());
-    ihdr.extend(h.to_be_bytes());
-    ihdr.extend([8, 2, 0, 0, 0]);
+/// A 66-byte PNG that declares `w` × `h` RGB pixels: IHDR, one IDAT with a
+/// zlib stream of a single zero byte (Python's `zlib.compress(b"\x00")`), IEND.
+fn png_declaring(w: u32, h: u32) -> Vec<u8> {
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    png.extend(13u32.to_be_bytes());
-    png.extend(&ihdr);
-    png.extend(crc32fast::hash(&ihdr).to_be_bytes());
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        png.extend((data.len() as u32).to_be_bytes());
+        let body = [kind, data].concat();
+        png.extend(&body);
+        png.extend(crc32fast::hash(&body).to_be_bytes());
+    };
+    chunk(b"IHDR", &[&w.to_be_bytes()[..], &h.to_be_bytes(), &[8, 2, 0, 0, 0]].concat());
+    chunk(b"IDAT", &[0x78, 0x9c, 0x63, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01]);
+    chunk(b"IEND", &[]);
     png
 }
 

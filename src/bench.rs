@@ -20,6 +20,7 @@ use tract_onnx::pb;
 use tract_onnx::prelude::Framework;
 
 use crate::engine::Engine;
+use crate::protocol::Backend;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -44,6 +45,14 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a sentence.
     #[arg(long)]
     pub json: bool,
+    /// `cpu` (tract with quba's integer kernels for int8 convolutions) or
+    /// `tract` (tract alone), to time the one against the other.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: Backend,
+    /// Also time each kind of op over the timed rounds (one engine, one
+    /// thread) and print where a forward pass spends its time.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +72,9 @@ pub struct BenchResult {
     pub min_round_ms: f64,
     pub load_ms: f64,
     pub int8_format: String,
+    pub backend: Backend,
+    /// Convolutions on quba's integer kernels.
+    pub integer_convs: usize,
 }
 
 impl BenchResult {
@@ -74,7 +86,7 @@ impl BenchResult {
         format!(
             "{{\"ms_per_image\": {}, \"images_per_second\": {}, \"peak_rss_bytes\": {}, \"batch\": {}, \"threads\": {}, \
              \"side\": {}, \"warmup\": {}, \"runs\": {}, \"median_round_ms\": {}, \"min_round_ms\": {}, \"load_ms\": {}, \
-             \"int8_format\": {}, \"model\": {}}}",
+             \"int8_format\": {}, \"backend\": {}, \"integer_convs\": {}, \"model\": {}}}",
             self.ms_per_image,
             self.images_per_second,
             self.peak_rss_bytes,
@@ -87,6 +99,8 @@ impl BenchResult {
             self.min_round_ms,
             self.load_ms,
             s(&self.int8_format),
+            s(self.backend.as_str()),
+            self.integer_convs,
             s(&self.model.display().to_string()),
         )
     }
@@ -108,11 +122,32 @@ impl BenchResult {
 }
 
 pub fn run_cli(a: &BenchArgs) -> Result<()> {
+    if a.profile {
+        return profile(a);
+    }
     let r = bench(a)?;
     if a.json {
         println!("{}", r.to_json());
     } else {
         println!("{}", r.sentence());
+    }
+    Ok(())
+}
+
+fn profile(a: &BenchArgs) -> Result<()> {
+    let side = match a.side {
+        Some(s) => s,
+        None => input_side(&a.model)?,
+    };
+    let engine = Engine::load_on(&a.model, a.batch, side, a.backend)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let input: Vec<f32> = (0..a.batch * 3 * side * side).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+    engine.profile(&input, a.warmup)?;
+    let rows = engine.profile(&input, a.runs)?;
+    let total: f64 = rows.iter().map(|r| r.1).sum();
+    println!("{}: batch {}, {} per op kind over {} passes, {:.3} ms per pass in ops", a.model.display(), a.batch, a.backend.as_str(), a.runs, total);
+    for (name, ms, nodes) in rows {
+        println!("{:>10.3} ms {:>5.1} %  {:>4} nodes  {name}", ms, 100.0 * ms / total, nodes);
     }
     Ok(())
 }
@@ -129,9 +164,10 @@ pub fn bench(a: &BenchArgs) -> Result<BenchResult> {
     let t0 = Instant::now();
     // Loaded one after the other so a broken model fails before any thread
     // waits on a barrier it would never reach.
-    let engines: Vec<Engine> = (0..a.threads).map(|_| Engine::load(path, a.batch, side)).collect::<Result<_>>()?;
+    let engines: Vec<Engine> = (0..a.threads).map(|_| Engine::load_on(path, a.batch, side, a.backend)).collect::<Result<_>>()?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3 / a.threads as f64;
     let int8_format = engines[0].facts.int8_format.clone();
+    let integer_convs = engines[0].integer_convs;
 
     // Rounds start together at a barrier, and a round lasts from the first
     // thread's start to the last thread's end: a per-thread median would hide
@@ -200,6 +236,8 @@ pub fn bench(a: &BenchArgs) -> Result<BenchResult> {
         min_round_ms: times[0],
         load_ms,
         int8_format,
+        backend: a.backend,
+        integer_convs,
     })
 }
 

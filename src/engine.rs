@@ -33,6 +33,9 @@ pub struct Engine {
     pub facts: OnnxFacts,
     /// Where the plan's nodes run, for GPU backends.
     pub placement: Option<crate::cuda::Placement>,
+    /// Convolutions running on quba's integer kernels (0 for fp32 models and
+    /// for the `tract` backend).
+    pub integer_convs: usize,
 }
 
 impl Engine {
@@ -49,12 +52,27 @@ impl Engine {
             crate::cuda::check_available()?;
         }
         let facts = read_facts(path)?;
-        let model = tract_onnx::onnx()
-            // torch's dynamo exporter annotates a symbolic batch that would not
-            // unify with the concrete input fact below.
-            .with_ignore_value_info(true)
-            .model_for_path(path)
+        let onnx = match backend {
+            Backend::TractCpu => crate::int8::onnx(),
+            Backend::TractCuda | Backend::TractPlain => tract_onnx::onnx(),
+        }
+        // torch's dynamo exporter annotates a symbolic batch that would not
+        // unify with the concrete input fact below.
+        .with_ignore_value_info(true);
+        let mut proto = onnx
+            .proto_model_for_path(path)
+            .with_context(|| format!("tract could not read {} as an ONNX model", path.display()))?;
+        if backend == Backend::TractCpu {
+            crate::int8::fuse_qdq_convs(&mut proto);
+        }
+        let dir = path.parent().and_then(|d| d.to_str());
+        let parsed = onnx
+            .parse(&proto, dir)
             .with_context(|| format!("tract could not load {} as an ONNX model", path.display()))?;
+        if !parsed.unresolved_inputs.is_empty() {
+            bail!("{}: inputs {:?} are read but never defined", path.display(), parsed.unresolved_inputs);
+        }
+        let model = parsed.model;
         let model = model
             .with_input_fact(0, f32::fact([batch, 3, side, side]).into())
             .and_then(|m| m.into_typed())
@@ -74,7 +92,7 @@ impl Engine {
             ),
         };
         let (plan, placement) = match backend {
-            Backend::TractCpu => {
+            Backend::TractCpu | Backend::TractPlain => {
                 let plan = model
                     .into_optimized()
                     .and_then(|m| m.into_runnable())
@@ -87,7 +105,8 @@ impl Engine {
                 (plan, Some(placement))
             }
         };
-        Ok(Engine { plan, batch, side, num_classes, facts, placement })
+        let integer_convs = plan.model().nodes().iter().filter(|n| n.op_is::<crate::int8::QConvOp>()).count();
+        Ok(Engine { plan, batch, side, num_classes, facts, placement, integer_convs })
     }
 
     /// Runs `n ≤ batch` images laid out back to back in `input` (the rest of
@@ -100,6 +119,37 @@ impl Engine {
         let view = out[0].to_plain_array_view::<f32>()?;
         let all = view.as_slice().context("model output is not contiguous")?;
         Ok(all[..n * self.num_classes].to_vec())
+    }
+}
+
+impl Engine {
+    /// Time per op kind over `rounds` forward passes of `input` (a whole
+    /// batch), largest first: (op name, milliseconds per pass, nodes of that kind).
+    /// What `quba bench --profile` prints, to say where a model's time goes.
+    pub fn profile(&self, input: &[f32], rounds: usize) -> Result<Vec<(String, f64, usize)>> {
+        use std::collections::HashMap;
+        use std::time::Instant;
+        let t = Tensor::from_shape(&[self.batch, 3, self.side, self.side], input)?;
+        let mut state = self.plan.spawn()?;
+        let mut spent: HashMap<String, (f64, std::collections::HashSet<usize>)> = HashMap::new();
+        for _ in 0..rounds.max(1) {
+            state.run_plan_with_eval(tvec!(t.clone().into()), |ctx, op_state, node, inputs| {
+                let start = Instant::now();
+                let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                let kind = match node.op_as::<crate::int8::QConvOp>() {
+                    Some(q) => format!("{} ({})", node.op().name(), q.conv.kernel_name()),
+                    None => node.op().name().to_string(),
+                };
+                let e = spent.entry(kind).or_default();
+                e.0 += start.elapsed().as_secs_f64() * 1e3;
+                e.1.insert(node.id);
+                out
+            })?;
+        }
+        let mut rows: Vec<(String, f64, usize)> =
+            spent.into_iter().map(|(k, (ms, nodes))| (k, ms / rounds.max(1) as f64, nodes.len())).collect();
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(rows)
     }
 }
 

@@ -15,6 +15,7 @@ pub mod attack;
 pub mod data;
 pub mod engine;
 pub mod grad;
+pub mod int8;
 pub mod metrics;
 /// The wire format, in its own crate (`crates/quba-wire`).
 pub use quba_wire as protocol;

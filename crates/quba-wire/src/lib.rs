@@ -73,7 +73,8 @@ impl Precision {
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Backend {
-    /// tract on the CPU (every target).
+    /// tract on the CPU (every target), with quba's integer kernels for int8
+    /// convolutions (QDQ and QLinearConv alike; docs/int8.md).
     #[serde(rename = "tract-cpu")]
     #[cfg_attr(feature = "clap", value(name = "cpu"))]
     TractCpu,
@@ -81,6 +82,12 @@ pub enum Backend {
     #[serde(rename = "tract-cuda")]
     #[cfg_attr(feature = "clap", value(name = "cuda"))]
     TractCuda,
+    /// tract alone on the CPU: int8 convolutions as tract itself runs them (QDQ
+    /// as f32 between quantise and dequantise, QLinearConv through im2col), for
+    /// comparison with the integer kernels.
+    #[serde(rename = "tract-cpu-plain")]
+    #[cfg_attr(feature = "clap", value(name = "tract"))]
+    TractPlain,
 }
 
 impl Backend {
@@ -88,6 +95,7 @@ impl Backend {
         match self {
             Backend::TractCpu => "tract-cpu",
             Backend::TractCuda => "tract-cuda",
+            Backend::TractPlain => "tract-cpu-plain",
         }
     }
 }

@@ -1,0 +1,695 @@
+//! Integer convolution for quantised models: ONNX `QLinearConv` semantics,
+//! computed the way onnxruntime does, so a model gives the same codes here as
+//! there (docs/int8.md).
+//!
+//! Per output element: `acc = bias + Σ (x − x_zp)·(w − w_zp)`, exact in i32;
+//! `y = clamp(round_half_even(acc · m) + y_zp)` with `m = (x_scale · w_scale) / y_scale`
+//! in f32, one multiplier per output channel.
+//!
+//! Two kernels:
+//! - a GEMM over `(w − w_zp)` and `(x − x_zp)` held as i16 pairs, because one
+//!   AVX2 `vpmaddwd` then does sixteen exact multiply-adds and no product or
+//!   pair sum can saturate (`vpmaddubsw`, twice as wide, saturates on u8×i8);
+//!   requantisation is fused into the tile store, so no i32 matrix is written;
+//! - a direct depthwise kernel in f32: every product and partial sum is an
+//!   integer below 2^24, so f32 arithmetic is exact and the result equals the
+//!   integer one bit for bit, while f32 lanes vectorise on every target.
+
+use std::cell::RefCell;
+
+/// Output pixels per GEMM panel: two AVX2 registers of eight i32 lanes.
+const PANEL: usize = 16;
+/// Output channels per GEMM tile.
+const ROWS: usize = 4;
+/// Outputs per depthwise chunk: two AVX2 registers of f32.
+const LANES: usize = 16;
+/// Output rows per depthwise block.
+const BLOCK_ROWS: usize = 4;
+/// f32 holds every integer up to this exactly; the depthwise kernel is used
+/// only when its largest possible partial sum stays below it.
+const F32_EXACT: i64 = 1 << 24;
+
+/// A quantised element type: u8 or i8.
+pub trait Code: Copy + Send + Sync + 'static {
+    const MIN: i32;
+    const MAX: i32;
+    fn widen(self) -> i32;
+    fn narrow(v: i32) -> Self;
+}
+
+impl Code for u8 {
+    const MIN: i32 = 0;
+    const MAX: i32 = 255;
+    #[inline(always)]
+    fn widen(self) -> i32 {
+        self as i32
+    }
+    #[inline(always)]
+    fn narrow(v: i32) -> Self {
+        v as u8
+    }
+}
+
+impl Code for i8 {
+    const MIN: i32 = -128;
+    const MAX: i32 = 127;
+    #[inline(always)]
+    fn widen(self) -> i32 {
+        self as i32
+    }
+    #[inline(always)]
+    fn narrow(v: i32) -> Self {
+        v as i8
+    }
+}
+
+/// A 2-D convolution's shape, NCHW input and OIHW kernel.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Geometry {
+    pub groups: usize,
+    /// Input channels per group.
+    pub cin_g: usize,
+    /// Output channels per group.
+    pub cout_g: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub dh: usize,
+    pub dw: usize,
+    pub pad_t: usize,
+    pub pad_l: usize,
+    pub h: usize,
+    pub w: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl Geometry {
+    fn depth(&self) -> usize {
+        self.cin_g * self.kh * self.kw
+    }
+    pub fn pixels(&self) -> usize {
+        self.ho * self.wo
+    }
+    pub fn cin(&self) -> usize {
+        self.groups * self.cin_g
+    }
+    pub fn cout(&self) -> usize {
+        self.groups * self.cout_g
+    }
+}
+
+/// The output side of `QLinearConv`, per output channel where it varies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Requant {
+    /// The int32 bias input (zero when absent), added to the accumulator.
+    pub bias: Vec<i32>,
+    /// `(x_scale · w_scale[c]) / y_scale`, computed in f32 in that order.
+    pub mult: Vec<f32>,
+    pub zero_point: i32,
+}
+
+/// Weights prepared once when the model is loaded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QConv {
+    pub geo: Geometry,
+    pub x_zero_point: i32,
+    pub requant: Requant,
+    kernel: Kernel,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Kernel {
+    /// `[group][row block][k pair][ROWS]`: `(w − w_zp)` of channels 2k and
+    /// 2k+1 as the low and high i16 of one i32, the operand `vpmaddwd` wants.
+    Gemm { pairs: Vec<i32>, k_pairs: usize, row_blocks: usize },
+    /// `[channel][kh·kw]`, `(w − w_zp)` as f32.
+    Depthwise { taps: Vec<f32> },
+}
+
+impl QConv {
+    /// `w` is `(w − w_zp)` in OIHW order; `requant` has one bias and multiplier per output channel.
+    pub fn new(geo: Geometry, w: &[i32], x_zero_point: i32, requant: Requant) -> QConv {
+        assert_eq!(w.len(), geo.cout() * geo.depth());
+        assert_eq!(requant.bias.len(), geo.cout());
+        assert_eq!(requant.mult.len(), geo.cout());
+        let taps = geo.kh * geo.kw;
+        let depthwise = geo.cin_g == 1 && geo.cout_g == 1 && (taps as i64) * 255 * 255 < F32_EXACT;
+        let kernel = if depthwise {
+            Kernel::Depthwise { taps: w.iter().map(|&v| v as f32).collect() }
+        } else {
+            let depth = geo.depth();
+            let k_pairs = depth.div_ceil(2);
+            let row_blocks = geo.cout_g.div_ceil(ROWS);
+            let mut pairs = vec![0i32; geo.groups * row_blocks * k_pairs * ROWS];
+            for g in 0..geo.groups {
+                for m in 0..geo.cout_g {
+                    let row = &w[(g * geo.cout_g + m) * depth..][..depth];
+                    for k in 0..k_pairs {
+                        let lo = row[2 * k] as i16 as u16 as u32;
+                        let hi = row.get(2 * k + 1).map_or(0, |&v| v as i16 as u16 as u32);
+                        let at = ((g * row_blocks + m / ROWS) * k_pairs + k) * ROWS + m % ROWS;
+                        pairs[at] = (lo | hi << 16) as i32;
+                    }
+                }
+            }
+            Kernel::Gemm { pairs, k_pairs, row_blocks }
+        };
+        QConv { geo, x_zero_point, requant, kernel }
+    }
+
+    /// Which kernel runs, for dumps and docs.
+    pub fn kernel_name(&self) -> &'static str {
+        match self.kernel {
+            Kernel::Gemm { .. } => "gemm-i16",
+            Kernel::Depthwise { .. } => "depthwise-f32-exact",
+        }
+    }
+
+    /// Convolves `batch` NCHW images `x` into `out` (NCHW, `cout × ho × wo` each).
+    pub fn run<T: Code>(&self, x: &[T], batch: usize, out: &mut [T]) {
+        let g = &self.geo;
+        assert_eq!(x.len(), batch * g.cin() * g.h * g.w);
+        assert_eq!(out.len(), batch * g.cout() * g.pixels());
+        if simd::avx2() {
+            // SAFETY: the CPU has AVX2 (checked at run time just above).
+            unsafe { self.run_avx2(x, batch, out) }
+        } else {
+            self.run_portable(x, batch, out)
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2<T: Code>(&self, x: &[T], batch: usize, out: &mut [T]) {
+        // The same body compiled for AVX2, so its packing and requantisation
+        // loops vectorise 8 lanes wide as well as the hand-written tile.
+        self.run_body(x, batch, out, true)
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn run_avx2<T: Code>(&self, x: &[T], batch: usize, out: &mut [T]) {
+        self.run_body(x, batch, out, false)
+    }
+
+    fn run_portable<T: Code>(&self, x: &[T], batch: usize, out: &mut [T]) {
+        self.run_body(x, batch, out, false)
+    }
+
+    #[inline(always)]
+    fn run_body<T: Code>(&self, x: &[T], batch: usize, out: &mut [T], avx2: bool) {
+        let g = &self.geo;
+        let (img_in, img_out) = (g.cin() * g.h * g.w, g.cout() * g.pixels());
+        // Taken out of the thread-local rather than used inside `with`'s
+        // closure: a closure does not inherit `run_avx2`'s target features,
+        // and everything below must be compiled with them.
+        let mut scratch = SCRATCH.with(|s| s.take());
+        let Scratch { packed, plane, acc } = &mut scratch;
+        for n in 0..batch {
+            let x = &x[n * img_in..][..img_in];
+            let out = &mut out[n * img_out..][..img_out];
+            match &self.kernel {
+                Kernel::Depthwise { taps } => self.depthwise(x, taps, out, plane, acc),
+                Kernel::Gemm { pairs, k_pairs, row_blocks } => {
+                    for grp in 0..g.groups {
+                        let x = &x[grp * g.cin_g * g.h * g.w..][..g.cin_g * g.h * g.w];
+                        let out = &mut out[grp * g.cout_g * g.pixels()..][..g.cout_g * g.pixels()];
+                        let a = &pairs[grp * row_blocks * k_pairs * ROWS..][..row_blocks * k_pairs * ROWS];
+                        self.pack(x, *k_pairs, packed);
+                        self.gemm(a, *k_pairs, packed, grp, out, avx2);
+                    }
+                }
+            }
+        }
+        SCRATCH.with(|s| s.replace(scratch));
+    }
+
+    /// im2col of one group into `[panel][k pair][PANEL][2]` i16 of `x − x_zp`,
+    /// zero where the window leaves the image (the zero point, before the
+    /// subtraction) and in the padding of the last panel and odd row.
+    #[inline(always)]
+    fn pack<T: Code>(&self, x: &[T], k_pairs: usize, packed: &mut Vec<i16>) {
+        let g = &self.geo;
+        let pixels = g.pixels();
+        let panels = pixels.div_ceil(PANEL);
+        packed.clear();
+        packed.resize(panels * k_pairs * PANEL * 2, 0);
+        let zp = self.x_zero_point;
+        let taps = g.kh * g.kw;
+        let pointwise = taps == 1 && g.sh == 1 && g.sw == 1 && g.pad_t == 0 && g.pad_l == 0 && g.ho == g.h && g.wo == g.w;
+        for k in 0..g.depth() {
+            let (kp, half) = (k / 2, k % 2);
+            let (c, i, j) = (k / taps, (k % taps) / g.kw, k % g.kw);
+            let plane = &x[c * g.h * g.w..][..g.h * g.w];
+            if pointwise {
+                if half == 1 {
+                    continue;
+                }
+                // Both channels of the pair at once, whole panels first, so
+                // the interleave vectorises.
+                let other = (k + 1 < g.depth()).then(|| &x[(c + 1) * g.h * g.w..][..g.h * g.w]);
+                let full = pixels / PANEL;
+                for panel in 0..panels {
+                    let dst = &mut packed[(panel * k_pairs + kp) * PANEL * 2..][..PANEL * 2];
+                    let n = if panel < full { PANEL } else { pixels - full * PANEL };
+                    let a = &plane[panel * PANEL..][..n];
+                    match other {
+                        Some(b) => {
+                            let b = &b[panel * PANEL..][..n];
+                            for j in 0..n {
+                                dst[2 * j] = (a[j].widen() - zp) as i16;
+                                dst[2 * j + 1] = (b[j].widen() - zp) as i16;
+                            }
+                        }
+                        None => {
+                            for j in 0..n {
+                                dst[2 * j] = (a[j].widen() - zp) as i16;
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            let mut p = 0;
+            for oh in 0..g.ho {
+                let ih = (oh * g.sh + i * g.dh) as isize - g.pad_t as isize;
+                let row = (ih >= 0 && (ih as usize) < g.h).then(|| &plane[ih as usize * g.w..][..g.w]);
+                for ow in 0..g.wo {
+                    let iw = (ow * g.sw + j * g.dw) as isize - g.pad_l as isize;
+                    let v = match row {
+                        Some(row) if iw >= 0 && (iw as usize) < g.w => row[iw as usize].widen() - zp,
+                        _ => 0,
+                    };
+                    packed[((p / PANEL * k_pairs + kp) * PANEL + p % PANEL) * 2 + half] = v as i16;
+                    p += 1;
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn gemm<T: Code>(&self, a: &[i32], k_pairs: usize, packed: &[i16], grp: usize, out: &mut [T], avx2: bool) {
+        let g = &self.geo;
+        let pixels = g.pixels();
+        let mut acc = [0i32; ROWS * PANEL];
+        for panel in 0..pixels.div_ceil(PANEL) {
+            let b = &packed[panel * k_pairs * PANEL * 2..][..k_pairs * PANEL * 2];
+            let cols = PANEL.min(pixels - panel * PANEL);
+            for block in 0..g.cout_g.div_ceil(ROWS) {
+                let a = &a[block * k_pairs * ROWS..][..k_pairs * ROWS];
+                if avx2 {
+                    // SAFETY: `avx2` is only true inside `run_avx2`, entered after detection.
+                    unsafe { simd::tile_avx2(a, b, k_pairs, &mut acc) }
+                } else {
+                    tile_portable(a, b, k_pairs, &mut acc);
+                }
+                for r in 0..ROWS.min(g.cout_g - block * ROWS) {
+                    let m = block * ROWS + r;
+                    let c = grp * g.cout_g + m;
+                    let dst = &mut out[m * pixels + panel * PANEL..][..cols];
+                    self.requant_row(&acc[r * PANEL..][..cols], c, dst);
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn requant_row<T: Code>(&self, acc: &[i32], channel: usize, dst: &mut [T]) {
+        let rq = &self.requant;
+        let (bias, mult, zp) = (rq.bias[channel], rq.mult[channel], rq.zero_point);
+        let (lo, hi) = ((T::MIN - zp) as f32, (T::MAX - zp) as f32);
+        for (d, &a) in dst.iter_mut().zip(acc) {
+            *d = T::narrow(requantize(a.wrapping_add(bias), mult, lo, hi) + zp);
+        }
+    }
+
+    #[inline(always)]
+    fn depthwise<T: Code>(&self, x: &[T], taps: &[f32], out: &mut [T], plane: &mut Vec<f32>, row: &mut Vec<f32>) {
+        let g = &self.geo;
+        let zp = self.x_zero_point as f32;
+        // Rows and columns the windows reach, padding included.
+        let rows = (g.ho - 1) * g.sh + (g.kh - 1) * g.dh + 1;
+        let cols = (g.wo - 1) * g.sw + (g.kw - 1) * g.dw + 1;
+        // Columns are split by phase (column mod stride) so that every tap
+        // reads a contiguous run whatever the stride. Zero rows and columns
+        // past the end let the last block of rows and chunk of columns be
+        // computed whole (and the surplus not stored).
+        let used = cols.div_ceil(g.sw);
+        let width = used + LANES;
+        let height = rows + (BLOCK_ROWS - 1) * g.sh;
+        plane.clear();
+        plane.resize(g.sw * height * width, 0.0);
+        row.clear();
+        row.resize(used * g.sw, 0.0);
+        // Each tap's offset in the planes from an output row's first input row.
+        let offsets: Vec<usize> = (0..g.kh * g.kw)
+            .map(|t| {
+                let (i, col) = (t / g.kw, (t % g.kw) * g.dw);
+                ((col % g.sw) * height + i * g.dh) * width + col / g.sw
+            })
+            .collect();
+        let rq = &self.requant;
+        let (lo, hi) = ((T::MIN - rq.zero_point) as f32, (T::MAX - rq.zero_point) as f32);
+        for c in 0..g.cout() {
+            let src = &x[c * g.h * g.w..][..g.h * g.w];
+            for r in 0..rows {
+                let ih = r as isize - g.pad_t as isize;
+                if ih < 0 || ih as usize >= g.h {
+                    for phase in 0..g.sw {
+                        plane[(phase * height + r) * width..][..used].fill(0.0);
+                    }
+                    continue;
+                }
+                // The padded row, then its phases.
+                let srow = &src[ih as usize * g.w..][..g.w];
+                let len = row.len();
+                let inside = g.w.min(len.saturating_sub(g.pad_l));
+                row[..g.pad_l.min(len)].fill(0.0);
+                for (d, s) in row[g.pad_l.min(len)..][..inside].iter_mut().zip(srow) {
+                    *d = s.widen() as f32 - zp;
+                }
+                let tail = (g.pad_l + inside).min(len);
+                row[tail..].fill(0.0);
+                match g.sw {
+                    1 => plane[r * width..][..used].copy_from_slice(row),
+                    2 => {
+                        let (even, odd) = plane.split_at_mut(height * width);
+                        let (even, odd) = (&mut even[r * width..][..used], &mut odd[r * width..][..used]);
+                        for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
+                            *e = pair[0];
+                            *o = pair[1];
+                        }
+                    }
+                    sw => {
+                        for phase in 0..sw {
+                            let dst = &mut plane[(phase * height + r) * width..][..used];
+                            for (d, s) in dst.iter_mut().zip(row[phase..].iter().step_by(sw)) {
+                                *d = *s;
+                            }
+                        }
+                    }
+                }
+            }
+            let w = &taps[c * g.kh * g.kw..][..g.kh * g.kw];
+            let (bias, mult, yzp) = (rq.bias[c], rq.mult[c], rq.zero_point);
+            for oh in (0..g.ho).step_by(BLOCK_ROWS) {
+                for ow in (0..g.wo).step_by(LANES) {
+                    // BLOCK_ROWS × LANES outputs stay in registers over all
+                    // taps: independent sums, so the adds do not wait on each other.
+                    let mut a = [[0f32; LANES]; BLOCK_ROWS];
+                    for (&wv, &off) in w.iter().zip(&offsets) {
+                        for (rr, a) in a.iter_mut().enumerate() {
+                            let src = &plane[(oh + rr) * g.sh * width + off + ow..][..LANES];
+                            for l in 0..LANES {
+                                a[l] += wv * src[l];
+                            }
+                        }
+                    }
+                    let n = LANES.min(g.wo - ow);
+                    for (rr, a) in a.iter().enumerate().take(g.ho - oh) {
+                        let dst = &mut out[(c * g.ho + oh + rr) * g.wo + ow..][..n];
+                        for (d, &v) in dst.iter_mut().zip(a) {
+                            // SAFETY: v is an integer below 2^24 in magnitude (the
+                            // kernel's precondition), so the conversion is exact; the
+                            // checked `as` would not vectorise.
+                            let v = unsafe { v.to_int_unchecked::<i32>() };
+                            *d = T::narrow(requantize(v.wrapping_add(bias), mult, lo, hi) + yzp);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `clamp(round_half_even(acc · mult))` as MLAS computes it: clamp in f32 to
+/// the code range less the zero point, then round by adding and subtracting
+/// 1.5·2^23, which rounds half to even for |v| < 2^22 (the clamp ensures it)
+/// and vectorises where `round_ties_even` would be a libm call per element
+/// on targets without a rounding instruction.
+#[inline(always)]
+fn requantize(acc: i32, mult: f32, lo: f32, hi: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0;
+    let v = acc as f32 * mult;
+    // Plain compares rather than f32::max/min, whose NaN rules cost a blend
+    // per lane; v is never NaN.
+    let v = if v < lo { lo } else { v };
+    let v = if v > hi { hi } else { v };
+    // The sum's low mantissa bits are the rounded integer: reading them
+    // avoids a saturating float-to-int conversion.
+    (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
+}
+
+#[inline(always)]
+fn tile_portable(a: &[i32], b: &[i16], k_pairs: usize, acc: &mut [i32; ROWS * PANEL]) {
+    acc.fill(0);
+    for k in 0..k_pairs {
+        let b = &b[k * PANEL * 2..][..PANEL * 2];
+        for r in 0..ROWS {
+            let pair = a[k * ROWS + r];
+            let (w0, w1) = (pair as i16 as i32, (pair >> 16) as i16 as i32);
+            let row = &mut acc[r * PANEL..][..PANEL];
+            for (j, o) in row.iter_mut().enumerate() {
+                *o += b[2 * j] as i32 * w0 + b[2 * j + 1] as i32 * w1;
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Scratch {
+    packed: Vec<i16>,
+    plane: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+thread_local! {
+    // Reused across calls: a fresh multi-megabyte im2col buffer per
+    // convolution would cost page faults on every forward pass.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+mod simd {
+    #[cfg(target_arch = "x86_64")]
+    pub fn avx2() -> bool {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn avx2() -> bool {
+        false
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn tile_avx2(a: &[i32], b: &[i16], k_pairs: usize, acc: &mut [i32; super::ROWS * super::PANEL]) {
+        use std::arch::x86_64::*;
+        debug_assert!(a.len() >= k_pairs * 4 && b.len() >= k_pairs * 32);
+        let (mut c0, mut c1, mut c2, mut c3) = (_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256());
+        let (mut c4, mut c5, mut c6, mut c7) = (_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256());
+        let (ap, bp) = (a.as_ptr(), b.as_ptr() as *const __m256i);
+        for k in 0..k_pairs {
+            // SAFETY: k < k_pairs and the slices hold k_pairs·4 i32 and k_pairs·32 i16.
+            let (b0, b1) = unsafe { (_mm256_loadu_si256(bp.add(2 * k)), _mm256_loadu_si256(bp.add(2 * k + 1))) };
+            let w = unsafe { ap.add(4 * k) };
+            let w0 = _mm256_set1_epi32(unsafe { *w });
+            c0 = _mm256_add_epi32(c0, _mm256_madd_epi16(b0, w0));
+            c1 = _mm256_add_epi32(c1, _mm256_madd_epi16(b1, w0));
+            let w1 = _mm256_set1_epi32(unsafe { *w.add(1) });
+            c2 = _mm256_add_epi32(c2, _mm256_madd_epi16(b0, w1));
+            c3 = _mm256_add_epi32(c3, _mm256_madd_epi16(b1, w1));
+            let w2 = _mm256_set1_epi32(unsafe { *w.add(2) });
+            c4 = _mm256_add_epi32(c4, _mm256_madd_epi16(b0, w2));
+            c5 = _mm256_add_epi32(c5, _mm256_madd_epi16(b1, w2));
+            let w3 = _mm256_set1_epi32(unsafe { *w.add(3) });
+            c6 = _mm256_add_epi32(c6, _mm256_madd_epi16(b0, w3));
+            c7 = _mm256_add_epi32(c7, _mm256_madd_epi16(b1, w3));
+        }
+        let o = acc.as_mut_ptr() as *mut __m256i;
+        // SAFETY: acc holds 64 i32 = 8 registers.
+        unsafe {
+            for (i, c) in [c0, c1, c2, c3, c4, c5, c6, c7].into_iter().enumerate() {
+                _mm256_storeu_si256(o.add(i), c);
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub unsafe fn tile_avx2(a: &[i32], b: &[i16], k_pairs: usize, acc: &mut [i32; super::ROWS * super::PANEL]) {
+        super::tile_portable(a, b, k_pairs, acc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition, written as plainly as possible in i64: the reference
+    /// the kernels must equal bit for bit.
+    fn reference<T: Code>(conv: &QConv, w: &[i32], x: &[T], batch: usize) -> Vec<T> {
+        let g = &conv.geo;
+        let mut out = Vec::new();
+        for n in 0..batch {
+            for co in 0..g.cout() {
+                let grp = co / g.cout_g;
+                for oh in 0..g.ho {
+                    for ow in 0..g.wo {
+                        let mut acc: i64 = conv.requant.bias[co] as i64;
+                        for ci in 0..g.cin_g {
+                            for i in 0..g.kh {
+                                for j in 0..g.kw {
+                                    let ih = (oh * g.sh + i * g.dh) as i64 - g.pad_t as i64;
+                                    let iw = (ow * g.sw + j * g.dw) as i64 - g.pad_l as i64;
+                                    if ih < 0 || iw < 0 || ih >= g.h as i64 || iw >= g.w as i64 {
+                                        continue;
+                                    }
+                                    let c = grp * g.cin_g + ci;
+                                    let xv = x[((n * g.cin() + c) * g.h + ih as usize) * g.w + iw as usize].widen()
+                                        - conv.x_zero_point;
+                                    let wv = w[((co * g.cin_g + ci) * g.kh + i) * g.kw + j];
+                                    acc += xv as i64 * wv as i64;
+                                }
+                            }
+                        }
+                        let v = (acc as i32 as f32 * conv.requant.mult[co]).round_ties_even();
+                        let q = (v as i64 + conv.requant.zero_point as i64).clamp(T::MIN as i64, T::MAX as i64);
+                        out.push(T::narrow(q as i32));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u32 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (self.0 >> 33) as u32
+        }
+        fn range(&mut self, lo: i32, hi: i32) -> i32 {
+            lo + (self.next() % (hi - lo + 1) as u32) as i32
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn case(seed: u64, groups: usize, cin_g: usize, cout_g: usize, k: (usize, usize), s: (usize, usize), d: usize, pad: (usize, usize, usize, usize), hw: (usize, usize)) {
+        let mut rng = Lcg(seed);
+        let (kh, kw) = k;
+        let (h, w) = hw;
+        let ho = (h + pad.0 + pad.2 - (d * (kh - 1) + 1)) / s.0 + 1;
+        let wo = (w + pad.1 + pad.3 - (d * (kw - 1) + 1)) / s.1 + 1;
+        let geo = Geometry { groups, cin_g, cout_g, kh, kw, sh: s.0, sw: s.1, dh: d, dw: d, pad_t: pad.0, pad_l: pad.1, h, w, ho, wo };
+        let cout = groups * cout_g;
+        // Weights over the whole i8 range less a per-channel zero point, so
+        // w − w_zp reaches ±255, the widest an i16 pair must hold exactly.
+        let weights: Vec<i32> = (0..cout * cin_g * kh * kw).map(|_| rng.range(-128, 127) - rng.range(-2, 2)).collect();
+        let bias = (0..cout).map(|_| rng.range(-5000, 5000)).collect();
+        let mult = (0..cout).map(|_| 1.0 / rng.range(200, 4000) as f32).collect();
+        let x_zp = rng.range(0, 255);
+        let conv = QConv::new(geo.clone(), &weights, x_zp, Requant { bias, mult, zero_point: rng.range(0, 255) });
+        let batch = 2;
+        let x: Vec<u8> = (0..batch * geo.cin() * h * w).map(|_| rng.range(0, 255) as u8).collect();
+        let mut out = vec![0u8; batch * cout * ho * wo];
+        conv.run(&x, batch, &mut out);
+        let want = reference(&conv, &weights, &x, batch);
+        let diff = out.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!(diff, 0, "{} kernel, {geo:?}: {diff} of {} codes differ", conv.kernel_name(), out.len());
+        // The portable tile too, whatever this CPU has.
+        let mut out2 = vec![0u8; out.len()];
+        conv.run_portable(&x, batch, &mut out2);
+        assert_eq!(out2, want, "portable path, {geo:?}");
+        // And the i8 code type through the same kernel.
+        let xi: Vec<i8> = x.iter().map(|&v| (v as i32 - 128) as i8).collect();
+        let conv_i = QConv::new(geo.clone(), &weights, x_zp - 128, conv.requant.clone());
+        let mut out_i = vec![0i8; out.len()];
+        conv_i.run(&xi, batch, &mut out_i);
+        assert_eq!(out_i, reference(&conv_i, &weights, &xi, batch), "i8 codes, {geo:?}");
+    }
+
+    #[test]
+    fn pointwise_matches_the_definition() {
+        case(1, 1, 16, 24, (1, 1), (1, 1), 1, (0, 0, 0, 0), (7, 9));
+        // Odd depth and channel counts: the padded pair, row block and panel.
+        case(2, 1, 13, 7, (1, 1), (1, 1), 1, (0, 0, 0, 0), (5, 5));
+        case(3, 1, 96, 40, (1, 1), (1, 1), 1, (0, 0, 0, 0), (14, 14));
+    }
+
+    #[test]
+    fn strided_and_padded_convolutions_match_the_definition() {
+        // EfficientNet's stem: 3×3 stride 2, asymmetric padding.
+        case(4, 1, 3, 32, (3, 3), (2, 2), 1, (0, 0, 1, 1), (17, 16));
+        case(5, 1, 3, 16, (3, 3), (2, 2), 1, (1, 1, 1, 1), (16, 16));
+        // A ViT patch embedding: 8×8 stride 8.
+        case(6, 1, 3, 8, (8, 8), (8, 8), 1, (0, 0, 0, 0), (32, 32));
+        case(7, 1, 5, 6, (3, 5), (1, 2), 2, (2, 1, 0, 3), (11, 13));
+        // Grouped, neither dense nor depthwise.
+        case(8, 4, 3, 5, (3, 3), (1, 1), 1, (1, 1, 1, 1), (9, 8));
+    }
+
+    #[test]
+    fn depthwise_matches_the_definition() {
+        case(9, 24, 1, 1, (3, 3), (1, 1), 1, (1, 1, 1, 1), (12, 12));
+        case(10, 40, 1, 1, (5, 5), (2, 2), 1, (1, 1, 2, 2), (15, 14));
+        case(11, 8, 1, 1, (3, 3), (2, 2), 2, (2, 2, 2, 2), (10, 11));
+        // A 17×17 depthwise kernel could exceed f32's exact range and takes the GEMM path.
+        case(12, 3, 1, 1, (17, 17), (1, 1), 1, (8, 8, 8, 8), (20, 20));
+    }
+
+    #[test]
+    fn saturates_at_both_ends_of_the_code_range() {
+        // A large multiplier drives most outputs to 0 or 255, which must clamp, not wrap.
+        let geo = Geometry { groups: 1, cin_g: 4, cout_g: 4, kh: 1, kw: 1, sh: 1, sw: 1, dh: 1, dw: 1, pad_t: 0, pad_l: 0, h: 4, w: 4, ho: 4, wo: 4 };
+        let w: Vec<i32> = (0..16).map(|i| if i % 2 == 0 { 127 } else { -128 }).collect();
+        let conv = QConv::new(geo, &w, 128, Requant { bias: vec![0, 10, -10, 0], mult: vec![0.5; 4], zero_point: 128 });
+        let x: Vec<u8> = (0..64).map(|i| (i * 37 % 256) as u8).collect();
+        let mut out = vec![0u8; 64];
+        conv.run(&x, 1, &mut out);
+        assert_eq!(out, reference(&conv, &w, &x, 1));
+        assert!(out.contains(&0) && out.contains(&255), "{out:?}");
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use std::time::Instant;
+
+    fn conv(groups: usize, cin_g: usize, cout_g: usize, k: usize, s: usize, hw: usize) -> (QConv, Vec<u8>) {
+        let pad = k / 2;
+        let ho = (hw + 2 * pad - k) / s + 1;
+        let geo = Geometry { groups, cin_g, cout_g, kh: k, kw: k, sh: s, sw: s, dh: 1, dw: 1, pad_t: pad, pad_l: pad, h: hw, w: hw, ho, wo: ho };
+        let w: Vec<i32> = (0..groups * cout_g * cin_g * k * k).map(|i| (i * 7 % 255) as i32 - 127).collect();
+        let cout = groups * cout_g;
+        let c = QConv::new(geo, &w, 3, Requant { bias: vec![1; cout], mult: vec![0.001; cout], zero_point: 5 });
+        let x = (0..groups * cin_g * hw * hw).map(|i| (i * 13 % 256) as u8).collect();
+        (c, x)
+    }
+
+    #[test]
+    #[ignore = "prints timings; run with --ignored --nocapture on a quiet machine"]
+    fn layer_timings() {
+        for (name, g, ci, co, k, s, hw) in [
+            ("dw3 s1 96@112", 96, 1, 1, 3, 1, 112),
+            ("dw3 s2 96@112", 96, 1, 1, 3, 2, 112),
+            ("dw5 s1 240@28", 240, 1, 1, 5, 1, 28),
+            ("pw 16->96 @112", 1, 16, 96, 1, 1, 112),
+            ("pw 96->24 @56", 1, 96, 24, 1, 1, 56),
+            ("pw 480->112 @14", 1, 480, 112, 1, 1, 14),
+            ("stem 3->32 s2 @224", 1, 3, 32, 3, 2, 224),
+        ] {
+            let (c, x) = conv(g, ci, co, k, s, hw);
+            let mut out = vec![0u8; c.geo.cout() * c.geo.pixels()];
+            c.run(&x, 1, &mut out);
+            let t = Instant::now();
+            let n = 20;
+            for _ in 0..n {
+                c.run(&x, 1, &mut out);
+            }
+            let ms = t.elapsed().as_secs_f64() * 1e3 / n as f64;
+            let macs = (c.geo.cout() * c.geo.pixels() * c.geo.cin_g * k * k) as f64;
+            println!("{name:>20}: {ms:8.3} ms  {:6.2} GMAC/s  ({})", macs / ms / 1e6, c.kernel_name());
+        }
+    }
+}

@@ -228,10 +228,29 @@ def build():
     return files, chain
 
 
+def lite0(folder, out):
+    x = images(IMAGES, 224)
+    models = {}
+    for name in ("efficientnet-lite0.int8.onnx", "efficientnet-lite0.int8-qop.onnx"):
+        path = folder / name
+        logits, unfused = run_ort(str(path), x), run_ort(str(path), x, fuse=False)
+        models[name] = {"path": str(path), "side": 224, "classes": int(logits.shape[1]),
+                        "logits": floats(logits), "logits_unfused": floats(unfused)}
+        print(f"{name}: onnxruntime fused vs unfused top-1 agreement {np.mean(logits.argmax(1) == unfused.argmax(1)):.3f}")
+    out.write_text(json.dumps({"images": IMAGES, "onnxruntime": ort.__version__, "zoo": models}))
+    print(f"wrote {out}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="compare with the committed fixtures instead of writing them")
+    ap.add_argument("--lite0", metavar="DIR", help="instead: onnxruntime's logits for the EfficientNet-Lite0 int8 files in DIR "
+                    "(scripts/make_efficientnet_lite0.py), written to --lite0-out for tests/int8_parity.rs's ignored test")
+    ap.add_argument("--lite0-out", default="/tmp/lite0-int8-reference.json")
     a = ap.parse_args()
+    if a.lite0:
+        lite0(pathlib.Path(a.lite0), pathlib.Path(a.lite0_out))
+        return
     files, chain = build()
     if a.check:
         # Byte for byte: the models, and every number computed here from its

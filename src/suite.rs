@@ -796,6 +796,15 @@ fn run_probe(ctx: &mut Ctx, probe: &Probe, s: &mut Scratch) -> Result<()> {
     Ok(())
 }
 
+/// One corruption cell's batch, corrupted and normalised for the model.
+struct Prepared {
+    set: ProbeSet,
+    input: Vec<f32>,
+    ids: Vec<u32>,
+    loaded: Vec<data::Loaded>,
+    failures: Vec<(u32, anyhow::Error)>,
+}
+
 /// Corrupts each batch of clean crops into every (corruption, severity)
 /// cell; the seed of each variant comes from (run seed, sample, cell), so a
 /// board and the host corrupt identically whatever the batch size.
@@ -814,32 +823,59 @@ fn run_generated(ctx: &mut Ctx, source: &Source, g: &Generated, s: &mut Scratch)
                 Err(e) => ctx.failure(first.unwrap_or(ProbeSet::Clean), id, &source.name(id as usize), &e)?,
             }
         }
-        for &(c, sev) in &g.cells {
+        // Cells whose every loaded crop already has its record are skipped
+        // (over the crops that loaded: an image that failed to load never
+        // gets this cell's key, and must not make the cell look unfinished).
+        let cells: Vec<(Corruption, u8)> = g
+            .cells
+            .iter()
+            .copied()
+            .filter(|&(c, sev)| !crops.iter().all(|(id, ..)| ctx.done.has(corruption_set(c, sev), *id)))
+            .collect();
+        // Corrupting the next cell overlaps the model's pass on this one: on
+        // a board with a spare core the corruption stage then costs about
+        // the model's time, not the sum. Seeds depend on (run seed, sample,
+        // cell) only, so the records are the same as in sequence.
+        let (pipeline, seed, options) = (ctx.pipeline, ctx.args.suite.seed, &g.options);
+        let crops = &crops;
+        let prepare = move |(c, sev): (Corruption, u8), mut input: Vec<f32>| {
             let set = corruption_set(c, sev);
-            // Over the crops that loaded: an image that failed to load never
-            // gets this cell's key, and must not make the cell look unfinished.
-            if crops.iter().all(|(id, ..)| ctx.done.has(set, *id)) {
-                continue;
-            }
-            s.ids.clear();
-            s.loaded.clear();
-            for (id, crop, l) in &crops {
-                let seed = crate::corrupt::sample_seed(ctx.args.suite.seed, *id, c, sev);
-                let slot = s.ids.len() * per..(s.ids.len() + 1) * per;
-                let done = crate::corrupt::corrupt(crop, c, sev, seed, &g.options)
-                    .and_then(|img| data::normalise(&img, ctx.pipeline, &mut s.input[slot]));
+            let (mut ids, mut loaded, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+            for (id, crop, l) in crops {
+                let slot = ids.len() * per..(ids.len() + 1) * per;
+                let done = crate::corrupt::corrupt(crop, c, sev, crate::corrupt::sample_seed(seed, *id, c, sev), options)
+                    .and_then(|img| data::normalise(&img, pipeline, &mut input[slot]));
                 match done {
                     Ok(()) => {
-                        s.ids.push(*id);
-                        s.loaded.push(*l);
+                        ids.push(*id);
+                        loaded.push(*l);
                     }
-                    Err(e) => ctx.failure(set, *id, &source.name(*id as usize), &e)?,
+                    Err(e) => failures.push((*id, e)),
                 }
             }
-            if !s.ids.is_empty() {
-                ctx.classify(set, &Decision::Identity, s)?;
+            Prepared { set, input, ids, loaded, failures }
+        };
+        std::thread::scope(|scope| -> Result<()> {
+            let mut spare = vec![0f32; s.input.len()];
+            let mut pending = cells.first().map(|&cell| scope.spawn(move || prepare(cell, std::mem::take(&mut spare))));
+            for i in 0..cells.len() {
+                let mut p = pending.take().expect("spawned above").join().map_err(|_| anyhow::anyhow!("corrupting a batch panicked"))?;
+                std::mem::swap(&mut s.input, &mut p.input);
+                if let Some(&next) = cells.get(i + 1) {
+                    let buffer = std::mem::take(&mut p.input);
+                    pending = Some(scope.spawn(move || prepare(next, buffer)));
+                }
+                for (id, e) in &p.failures {
+                    ctx.failure(p.set, *id, &source.name(*id as usize), e)?;
+                }
+                if !p.ids.is_empty() {
+                    s.ids.clone_from(&p.ids);
+                    s.loaded.clone_from(&p.loaded);
+                    ctx.classify(p.set, &Decision::Identity, s)?;
+                }
             }
-        }
+            Ok(())
+        })?;
         ctx.end_batch()?;
     }
     Ok(())

@@ -678,6 +678,10 @@ mod timing {
             ("pw 96->24 @56", 1, 96, 24, 1, 1, 56),
             ("pw 480->112 @14", 1, 480, 112, 1, 1, 14),
             ("stem 3->32 s2 @224", 1, 3, 32, 3, 2, 224),
+            // EfficientNet-Lite0's late depthwise layers: many channels, small planes.
+            ("dw5 s1 672@14", 672, 1, 1, 5, 1, 14),
+            ("dw5 s1 1152@7", 1152, 1, 1, 5, 1, 7),
+            ("dw3 s1 1152@7", 1152, 1, 1, 3, 1, 7),
         ] {
             let (c, x) = conv(g, ci, co, k, s, hw);
             let mut out = vec![0u8; c.geo.cout() * c.geo.pixels()];

@@ -135,10 +135,7 @@ pub fn run_cli(a: &BenchArgs) -> Result<()> {
 }
 
 fn profile(a: &BenchArgs) -> Result<()> {
-    let side = match a.side {
-        Some(s) => s,
-        None => input_side(&a.model)?,
-    };
+    let side = side(a)?;
     let engine = Engine::load_on(&a.model, a.batch, side, a.backend)?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let input: Vec<f32> = (0..a.batch * 3 * side * side).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
@@ -152,15 +149,17 @@ fn profile(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--side`, else the model's own input size.
+fn side(a: &BenchArgs) -> Result<usize> {
+    a.side.map_or_else(|| input_side(&a.model), Ok)
+}
+
 pub fn bench(a: &BenchArgs) -> Result<BenchResult> {
     let path = &a.model;
     if a.batch == 0 || a.threads == 0 || a.runs == 0 {
         bail!("{}: --batch, --threads and --runs must be at least 1", path.display());
     }
-    let side = match a.side {
-        Some(s) => s,
-        None => input_side(path)?,
-    };
+    let side = side(a)?;
     let t0 = Instant::now();
     // Loaded one after the other so a broken model fails before any thread
     // waits on a barrier it would never reach.

@@ -51,7 +51,12 @@ impl Engine {
         if backend == Backend::TractCuda {
             crate::cuda::check_available()?;
         }
-        let facts = read_facts(path)?;
+        // One read and one protobuf parse serve the facts and the model; the
+        // facts come first, from the file as written (fusion turns QDQ into
+        // QLinearConv nodes).
+        let mut proto = read_proto(path)?;
+        let graph = proto.graph.as_ref().with_context(|| format!("{}: ONNX file has no graph", path.display()))?;
+        let facts = facts_of_graph(graph);
         let onnx = match backend {
             Backend::TractCpu => crate::int8::onnx(),
             Backend::TractCuda | Backend::TractPlain => tract_onnx::onnx(),
@@ -59,9 +64,6 @@ impl Engine {
         // torch's dynamo exporter annotates a symbolic batch that would not
         // unify with the concrete input fact below.
         .with_ignore_value_info(true);
-        let mut proto = onnx
-            .proto_model_for_path(path)
-            .with_context(|| format!("tract could not read {} as an ONNX model", path.display()))?;
         if backend == Backend::TractCpu {
             crate::int8::fuse_qdq_convs(&mut proto);
         }
@@ -120,9 +122,7 @@ impl Engine {
         let all = view.as_slice().context("model output is not contiguous")?;
         Ok(all[..n * self.num_classes].to_vec())
     }
-}
 
-impl Engine {
     /// Time per op kind over `rounds` forward passes of `input` (a whole
     /// batch), largest first: (op name, milliseconds per pass, nodes of that kind).
     /// What `quba bench --profile` prints, to say where a model's time goes.
@@ -131,8 +131,9 @@ impl Engine {
         use std::time::Instant;
         let t = Tensor::from_shape(&[self.batch, 3, self.side, self.side], input)?;
         let mut state = self.plan.spawn()?;
+        let rounds = rounds.max(1);
         let mut spent: HashMap<String, (f64, std::collections::HashSet<usize>)> = HashMap::new();
-        for _ in 0..rounds.max(1) {
+        for _ in 0..rounds {
             state.run_plan_with_eval(tvec!(t.clone().into()), |ctx, op_state, node, inputs| {
                 let start = Instant::now();
                 let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
@@ -147,7 +148,7 @@ impl Engine {
             })?;
         }
         let mut rows: Vec<(String, f64, usize)> =
-            spent.into_iter().map(|(k, (ms, nodes))| (k, ms / rounds.max(1) as f64, nodes.len())).collect();
+            spent.into_iter().map(|(k, (ms, nodes))| (k, ms / rounds as f64, nodes.len())).collect();
         rows.sort_by(|a, b| b.1.total_cmp(&a.1));
         Ok(rows)
     }
@@ -156,12 +157,16 @@ impl Engine {
 /// Parameters and precision straight from the protobuf, so they do not depend
 /// on what tract's optimiser folds.
 pub fn read_facts(path: &Path) -> Result<OnnxFacts> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read model file {}", path.display()))?;
-    let proto = tract_onnx::onnx().proto_model_for_read(&mut bytes.as_slice()).map_err(|e| {
-        anyhow::anyhow!("{} is not an ONNX model (protobuf parse failed: {e}); expected a .onnx file exported from PyTorch, TF or similar", path.display())
-    })?;
+    let proto = read_proto(path)?;
     let graph = proto.graph.as_ref().with_context(|| format!("{}: ONNX file has no graph", path.display()))?;
     Ok(facts_of_graph(graph))
+}
+
+fn read_proto(path: &Path) -> Result<pb::ModelProto> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read model file {}", path.display()))?;
+    tract_onnx::onnx().proto_model_for_read(&mut bytes.as_slice()).map_err(|e| {
+        anyhow::anyhow!("{} is not an ONNX model (protobuf parse failed: {e}); expected a .onnx file exported from PyTorch, TF or similar", path.display())
+    })
 }
 
 /// Counts weight *elements* (PROTOCOL.md item 9), so an int8 model has the

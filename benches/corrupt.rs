@@ -1,4 +1,5 @@
-//! Images per second per corruption at 224×224 (`cargo bench --bench corrupt`).
+//! Images per second per corruption at 224×224 (`cargo bench --bench corrupt`;
+//! `-- --size 64` for the shipped zoo's crops).
 //!
 //! A plain harness, as `benches/stream.rs`: every corruption runs at every
 //! severity on the same synthetic images (the shipped benchmark rendered at
@@ -15,10 +16,13 @@ use quba_edge::corrupt::{corrupt, sample_seed, CorruptOptions, Corruption, SEVER
 use quba_edge::synth::{render, Split, SynthConfig};
 
 fn main() {
-    let json = std::env::args().any(|a| a == "--json");
-    let cfg = SynthConfig { size: 224, ..SynthConfig::default() };
-    let images: Vec<image::RgbImage> = (0..4).map(|i| render(&cfg, Split::Val, i * 37).image).collect();
     let args: Vec<String> = std::env::args().collect();
+    let json = args.iter().any(|a| a == "--json");
+    let size = args.iter().position(|a| a == "--size").map_or(224, |i| {
+        args.get(i + 1).and_then(|n| n.parse().ok()).expect("--size N: the side of the rendered images in pixels")
+    });
+    let cfg = SynthConfig { size, ..SynthConfig::default() };
+    let images: Vec<image::RgbImage> = (0..4).map(|i| render(&cfg, Split::Val, i * 37).image).collect();
     if let Some(dir) = args.iter().position(|a| a == "--save-images").and_then(|i| args.get(i + 1)) {
         std::fs::create_dir_all(dir).expect("cannot create the --save-images folder");
         for (i, img) in images.iter().enumerate() {

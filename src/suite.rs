@@ -771,38 +771,78 @@ impl Ctx<'_> {
 }
 
 fn run_probe(ctx: &mut Ctx, probe: &Probe, s: &mut Scratch) -> Result<()> {
-    let per = 3 * ctx.engine.side * ctx.engine.side;
-    let mut todo = probe.ids.iter().copied().peekable();
-    while todo.peek().is_some() {
-        s.ids.clear();
-        s.loaded.clear();
-        // Fill a batch with images that decode; failures are reported, not fatal.
-        while s.ids.len() < ctx.engine.batch {
-            let Some(id) = todo.next() else { break };
-            let slot = &mut s.input[s.ids.len() * per..(s.ids.len() + 1) * per];
-            match probe.source.load_into(id as usize, ctx.pipeline, slot) {
+    let (per, batch, pipeline) = (3 * ctx.engine.side * ctx.engine.side, ctx.engine.batch, ctx.pipeline);
+    // Fills a batch from `probe.ids[next..]` with images that decode (failures
+    // are reported, not fatal) and says where the next batch starts.
+    let fill = |next: usize, mut input: Vec<f32>| {
+        let (mut ids, mut loaded, mut failures, mut i) = (Vec::new(), Vec::new(), Vec::new(), next);
+        while ids.len() < batch && i < probe.ids.len() {
+            let id = probe.ids[i];
+            i += 1;
+            let slot = &mut input[ids.len() * per..(ids.len() + 1) * per];
+            match probe.source.load_into(id as usize, pipeline, slot) {
                 Ok(l) => {
-                    s.ids.push(id);
-                    s.loaded.push(l);
+                    ids.push(id);
+                    loaded.push(l);
                 }
-                Err(e) => ctx.failure(probe.set, id, &probe.source.name(id as usize), &e)?,
+                Err(e) => failures.push((id, e)),
             }
         }
-        if !s.ids.is_empty() && !ctx.done.all(probe.set, &s.ids) {
-            ctx.classify(probe.set, &probe.decision, s)?;
+        (Prepared { set: probe.set, input, ids, loaded, failures }, (i < probe.ids.len()).then_some(i))
+    };
+    let first = (!probe.ids.is_empty()).then_some(0);
+    overlapped(ctx, s, &probe.source, first, fill, |ctx, s, p| {
+        if !p.ids.is_empty() && !ctx.done.all(p.set, &p.ids) {
+            ctx.classify(p.set, &probe.decision, s)?;
             ctx.end_batch()?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
-/// One corruption cell's batch, corrupted and normalised for the model.
+/// A batch of one probe set, decoded (and corrupted) and normalised for the model.
 struct Prepared {
     set: ProbeSet,
     input: Vec<f32>,
     ids: Vec<u32>,
     loaded: Vec<data::Loaded>,
     failures: Vec<(u32, anyhow::Error)>,
+}
+
+/// Prepares step `k + 1` on a second thread while the model classifies step
+/// `k`: on a board with a spare core a stage then costs about the model's
+/// time, not the sum of decoding, corrupting and the model. `prepare` fills
+/// the spare input buffer and names the next step; `classify` sees each
+/// batch, in order, once its failures are reported and its input is in
+/// `s.input` and `s.ids`. The stream is the same as in sequence.
+fn overlapped<K: Send>(
+    ctx: &mut Ctx,
+    s: &mut Scratch,
+    source: &Source,
+    first: Option<K>,
+    prepare: impl Fn(K, Vec<f32>) -> (Prepared, Option<K>) + Sync,
+    mut classify: impl FnMut(&mut Ctx, &mut Scratch, &Prepared) -> Result<()>,
+) -> Result<()> {
+    let prepare = &prepare;
+    std::thread::scope(|scope| -> Result<()> {
+        let spare = vec![0f32; s.input.len()];
+        let mut pending = first.map(|k| scope.spawn(move || prepare(k, spare)));
+        while let Some(step) = pending.take() {
+            let (mut p, next) = step.join().map_err(|_| anyhow::anyhow!("preparing a batch panicked"))?;
+            std::mem::swap(&mut s.input, &mut p.input);
+            if let Some(k) = next {
+                let buffer = std::mem::take(&mut p.input);
+                pending = Some(scope.spawn(move || prepare(k, buffer)));
+            }
+            for (id, e) in &p.failures {
+                ctx.failure(p.set, *id, &source.name(*id as usize), e)?;
+            }
+            s.ids.clone_from(&p.ids);
+            s.loaded.clone_from(&p.loaded);
+            classify(ctx, s, &p)?;
+        }
+        Ok(())
+    })
 }
 
 /// Corrupts each batch of clean crops into every (corruption, severity)
@@ -832,14 +872,12 @@ fn run_generated(ctx: &mut Ctx, source: &Source, g: &Generated, s: &mut Scratch)
             .copied()
             .filter(|&(c, sev)| !crops.iter().all(|(id, ..)| ctx.done.has(corruption_set(c, sev), *id)))
             .collect();
-        // Corrupting the next cell overlaps the model's pass on this one: on
-        // a board with a spare core the corruption stage then costs about
-        // the model's time, not the sum. Seeds depend on (run seed, sample,
-        // cell) only, so the records are the same as in sequence.
+        // Seeds depend on (run seed, sample, cell) only, so corrupting the
+        // next cell during this one's pass gives the records of a sequence.
         let (pipeline, seed, options) = (ctx.pipeline, ctx.args.suite.seed, &g.options);
-        let crops = &crops;
-        let prepare = move |(c, sev): (Corruption, u8), mut input: Vec<f32>| {
-            let set = corruption_set(c, sev);
+        let (crops, cells) = (&crops, &cells);
+        let prepare = move |i: usize, mut input: Vec<f32>| {
+            let (c, sev) = cells[i];
             let (mut ids, mut loaded, mut failures) = (Vec::new(), Vec::new(), Vec::new());
             for (id, crop, l) in crops {
                 let slot = ids.len() * per..(ids.len() + 1) * per;
@@ -853,28 +891,14 @@ fn run_generated(ctx: &mut Ctx, source: &Source, g: &Generated, s: &mut Scratch)
                     Err(e) => failures.push((*id, e)),
                 }
             }
-            Prepared { set, input, ids, loaded, failures }
+            (Prepared { set: corruption_set(c, sev), input, ids, loaded, failures }, (i + 1 < cells.len()).then_some(i + 1))
         };
-        std::thread::scope(|scope| -> Result<()> {
-            let mut spare = vec![0f32; s.input.len()];
-            let mut pending = cells.first().map(|&cell| scope.spawn(move || prepare(cell, std::mem::take(&mut spare))));
-            for i in 0..cells.len() {
-                let mut p = pending.take().expect("spawned above").join().map_err(|_| anyhow::anyhow!("corrupting a batch panicked"))?;
-                std::mem::swap(&mut s.input, &mut p.input);
-                if let Some(&next) = cells.get(i + 1) {
-                    let buffer = std::mem::take(&mut p.input);
-                    pending = Some(scope.spawn(move || prepare(next, buffer)));
-                }
-                for (id, e) in &p.failures {
-                    ctx.failure(p.set, *id, &source.name(*id as usize), e)?;
-                }
-                if !p.ids.is_empty() {
-                    s.ids.clone_from(&p.ids);
-                    s.loaded.clone_from(&p.loaded);
-                    ctx.classify(p.set, &Decision::Identity, s)?;
-                }
+        let first_cell = (!cells.is_empty()).then_some(0);
+        overlapped(ctx, s, source, first_cell, prepare, |ctx, s, p| {
+            if p.ids.is_empty() {
+                return Ok(());
             }
-            Ok(())
+            ctx.classify(p.set, &Decision::Identity, s)
         })?;
         ctx.end_batch()?;
     }

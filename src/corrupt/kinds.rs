@@ -286,7 +286,21 @@ fn snow(x: &mut Ctx) -> RgbImage {
     // The layer is drawn at the 224-px-equivalent size with the reference's parameters and area-averaged to
     // the image: flakes a fraction of a pixel big cannot be drawn directly.
     let (lw, lh) = if x.s == 1.0 { (x.w, x.h) } else { ((x.w as f64 / x.s).round() as usize, (x.h as f64 / x.s).round() as usize) };
-    let noise: Vec<f64> = (0..lw * lh).map(|_| loc + scale * x.rng.normal()).collect();
+    // The zoom reads only the centre ceil(lh/zoom)×ceil(lw/zoom) of the
+    // reference's array (5 to 25 % of it); the rest is drawn only to keep
+    // the random stream where the reference's is.
+    let (ch, cw) = ((lh as f64 / zoom).ceil() as usize, (lw as f64 / zoom).ceil() as usize);
+    let (rows, cols) = ((lh - ch) / 2..(lh - ch) / 2 + ch, (lw - cw) / 2..(lw - cw) / 2 + cw);
+    let noise: Vec<f64> = (0..lw * lh)
+        .map(|i| {
+            if rows.contains(&(i / lw)) && cols.contains(&(i % lw)) {
+                loc + scale * x.rng.normal()
+            } else {
+                x.rng.skip_normal();
+                0.0
+            }
+        })
+        .collect();
     let (mut layer, zw, zh) = filters::clipped_zoom(&noise, lw, lh, 1, zoom, false);
     for v in layer.iter_mut() {
         *v = if *v < thresh { 0.0 } else { v.clamp(0.0, 1.0) };

@@ -912,6 +912,29 @@ mod tests {
     }
 
     #[test]
+    fn frames_match_the_recorded_bytes() {
+        // Protocol 3's bytes, recorded from an earlier build: how the types
+        // lie in memory (boxed fields, alignment) must not change the wire.
+        let mut r = record(77, 4);
+        r.cue = Some(9);
+        let mut top1 = record(1_000_000, 4);
+        top1.set = ProbeSet::Corruption { corruption: 14, severity: 5 };
+        top1.probs = None;
+        let mut enc = FrameEncoder::new();
+        let mut hex = String::new();
+        for m in [Message::Record(r), Message::Record(top1)] {
+            for b in enc.encode(&m).unwrap() {
+                hex.push_str(&format!("{b:02x}"));
+            }
+        }
+        assert_eq!(
+            hex,
+            "02030101010202054d03030a04803e0a07803e010901040104803e0304803e0704803e0a07803ece80131d00\
+             03030101010b02010e05c0843d03030a04803e0a03803e01050858cfae00"
+        );
+    }
+
+    #[test]
     fn oversized_message_is_refused() {
         let mut enc = FrameEncoder::new();
         let big = Message::Hello { token: "x".repeat(MAX_PAYLOAD + 10) };

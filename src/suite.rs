@@ -751,7 +751,7 @@ impl Ctx<'_> {
                 confidence: d.confidence,
                 p_true: d.p_true,
                 cue: l.cue,
-                probs: full.then_some(probs),
+                probs: full.then(|| Box::new(probs)),
             };
             self.out.write_all(self.enc.encode(&Message::Record(rec))?)?;
             self.counts.records += 1;

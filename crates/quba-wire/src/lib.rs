@@ -3,10 +3,10 @@
 //! A crate of its own (serde, postcard, COBS, CRC-32, heapless; no tract, no
 //! files) so that both binaries share it, another program can read a board's
 //! stream without linking a runtime, and the fuzz targets (`fuzz/`) build in
-//! seconds; quba-edge re-exports it as `quba_edge::protocol`. `docs/wire-format.md` is its one-page description. The
-//! device side never allocates per record: a [`Record`] keeps its probability
-//! vector in a fixed-capacity `heapless::Vec` and [`FrameEncoder`] writes into
-//! fixed arrays it owns.
+//! seconds; quba-edge re-exports it as `quba_edge::protocol`. `docs/wire-format.md` is its one-page description. On
+//! the device, a record allocates at most its probability vector (a boxed
+//! fixed-capacity `heapless::Vec`, only where the record carries one) and
+//! [`FrameEncoder`] writes into fixed arrays it owns.
 
 use serde::{Deserialize, Serialize};
 
@@ -354,8 +354,6 @@ impl core::str::FromStr for Shard {
 
 /// One model decision on one probe of one sample.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-// Aligned for the host's decoder, as `Message` is.
-#[repr(align(64))]
 pub struct Record {
     pub set: ProbeSet,
     /// Index into the run's sample list (sorted dataset order, after subsetting).
@@ -370,7 +368,13 @@ pub struct Record {
     pub cue: Option<u16>,
     /// Full softmax vector, exactly as computed (f32, lossless), where the
     /// metric needs it: always on `clean`, because ACE is class-conditional.
-    pub probs: Option<Probs>,
+    ///
+    /// Boxed (serde writes a box as what it holds, so the wire is the same)
+    /// because inline it made every `Message` 4 KB, and the host moves each
+    /// one several times while decoding, also the many top-1 records that
+    /// carry no vector. The device pays one 4 KB allocation per full record,
+    /// nothing next to the model pass that produced it.
+    pub probs: Option<Box<Probs>>,
 }
 
 /// A sample the device could not evaluate (unreadable image, …). It names the
@@ -418,11 +422,6 @@ impl Stage {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-// Decoding moves each message several times, 4 KB per move whatever it holds
-// (room for 1000 probabilities). glibc copies 4 KB with `rep movsb`, which on
-// AMD Zen ran 3x slower when source and destination differ in alignment mod
-// 64: aligned, decode went from 0.3 to 1.1 M records/s (docs/wire-format.md).
-#[repr(align(64))]
 pub enum Message {
     /// First frame on a TCP connection: proves the device knows the host's token.
     Hello { token: String },
@@ -591,9 +590,9 @@ impl FrameDecoder {
         if chunk.len() == 1 {
             return;
         }
-        // A `Message` is 4 KB whatever it holds (a record has room for 1000
-        // probabilities), so every move of one is a 4 KB copy: it goes from
-        // postcard straight into the `Frame` handed on, never through a helper's
+        // A `Message` is half a kilobyte whatever it holds (room for a
+        // header), and every move copies all of it: it goes from postcard
+        // straight into the `Frame` handed on, never through a helper's
         // return value.
         let Some((seq, payload)) = unpack(&chunk[..chunk.len() - 1], &mut self.raw) else {
             return self.lose(chunk);
@@ -736,9 +735,10 @@ pub struct Launch {
 /// Decodes a whole byte buffer (a stored log, a test stream).
 pub fn decode_all(bytes: &[u8]) -> (Vec<Frame>, DecodeStats) {
     let mut dec = FrameDecoder::new();
-    // Sized once: each frame takes 4 KB here, and a 64-aligned vector grows by
-    // copying (no `realloc`). A frame that decodes is at least 12 bytes (9 of
-    // header and CRC, a payload byte, the COBS code, the delimiter).
+    // Sized once: each frame takes half a kilobyte here, so a log of millions
+    // is not copied over as the vector grows. A frame that decodes is at
+    // least 12 bytes (9 of header and CRC, a payload byte, the COBS code, the
+    // delimiter).
     let delimiters = bytes.iter().filter(|&&b| b == 0).count();
     let mut frames = Vec::with_capacity(delimiters.min(bytes.len() / 12));
     dec.push(bytes, |f| frames.push(f));
@@ -763,7 +763,7 @@ mod tests {
             confidence: probs[k - 1],
             p_true: probs[3],
             cue: None,
-            probs: Some(probs),
+            probs: Some(Box::new(probs)),
         }
     }
 

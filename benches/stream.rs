@@ -57,7 +57,7 @@ fn bench(name: &str, classes: usize, full: bool, n: u32) {
         let mut dec = FrameDecoder::new();
         let mut frames = 0;
         for read in black_box(&stream).chunks(READ) {
-            dec.push(read, |f| {
+            dec.push(read, |f, _| {
                 black_box(&f);
                 frames += 1;
             });

@@ -230,6 +230,8 @@ pub fn ingest_observed(mut input: impl Read, mut run: RunLog, token: Option<&str
     let mut got_header = false;
     let mut error: Option<anyhow::Error> = None;
     let mut last_sync = Instant::now();
+    // The accepted frames of one read, appended to the log in one write.
+    let mut accepted: Vec<u8> = Vec::with_capacity(buf.len());
     loop {
         let n = match input.read(&mut buf) {
             Ok(0) => break,
@@ -240,9 +242,9 @@ pub fn ingest_observed(mut input: impl Read, mut run: RunLog, token: Option<&str
                 break;
             }
         };
-        let mut pending: Vec<u8> = Vec::new();
+        accepted.clear();
         let mut new_header = None;
-        dec.push(&buf[..n], |frame| {
+        dec.push(&buf[..n], |frame, bytes| {
             if error.is_some() {
                 return;
             }
@@ -287,10 +289,10 @@ pub fn ingest_observed(mut input: impl Read, mut run: RunLog, token: Option<&str
                 Message::End(_) => ended = true,
             }
             observe(&frame.message);
-            pending.extend_from_slice(&frame.bytes);
+            accepted.extend_from_slice(bytes);
         });
-        if !pending.is_empty() {
-            run.log.write_all(&pending).with_context(|| format!("cannot append to {}", log_path.display()))?;
+        if !accepted.is_empty() {
+            run.log.write_all(&accepted).with_context(|| format!("cannot append to {}", log_path.display()))?;
             // Process death loses nothing written; a power cut at most the last second.
             if last_sync.elapsed() >= Duration::from_secs(1) {
                 run.log.sync_data()?;

@@ -5,7 +5,7 @@
 //! `records.qlog`, so a metric can be fixed and a report redone without
 //! re-running a single image on a board.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -15,7 +15,7 @@ use crate::benchmark::MappingRules;
 use crate::metrics;
 use crate::protocol::{decode_all, DecodeStats, End, Failure, Header, Message, OodSet, ProbeSet, Record, CORRUPTIONS, PROTOCOL_VERSION};
 use crate::quba::{self, Dimension, Normalisation, Values, Weights};
-use crate::transport::{Manifest, ManifestFile, RunStatus, LOG_FILE};
+use crate::transport::{Keys, Manifest, ManifestFile, RunStatus, LOG_FILE};
 
 /// One run as the host stored it.
 pub struct Run {
@@ -44,8 +44,8 @@ impl Run {
         let mut records = Vec::new();
         let mut failures = Vec::new();
         let mut end = None;
-        let mut seen = HashSet::new();
-        let mut seen_failures = HashSet::new();
+        let mut seen = Keys::default();
+        let mut seen_failures = Keys::default();
         let mut duplicates = 0;
         for f in frames {
             match f.message {

@@ -7,7 +7,6 @@
 //! space ([`crate::benchmark`]), so a record stays small; `--full-probs`
 //! keeps the model's whole vector on every record for host-side recomputation.
 
-use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -27,6 +26,7 @@ use crate::protocol::{
     Stage, MAX_CLASSES, PROTOCOL_VERSION,
 };
 use crate::synth::Split;
+use crate::transport::Keys;
 
 /// The target triple this binary was built for (set by build.rs).
 pub const TARGET: &str = env!("QUBA_TARGET");
@@ -624,8 +624,8 @@ struct Counts {
 /// the same), skips a batch whose every key is done and emits nothing twice.
 #[derive(Default)]
 struct Done {
-    records: HashSet<(ProbeSet, u32)>,
-    failures: HashSet<(ProbeSet, u32)>,
+    records: Keys,
+    failures: Keys,
 }
 
 impl Done {
@@ -751,7 +751,7 @@ impl Ctx<'_> {
                 confidence: d.confidence,
                 p_true: d.p_true,
                 cue: l.cue,
-                probs: full.then_some(probs),
+                probs: full.then(|| Box::new(probs)),
             };
             self.out.write_all(self.enc.encode(&Message::Record(rec))?)?;
             self.counts.records += 1;

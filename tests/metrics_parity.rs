@@ -62,7 +62,7 @@ fn metrics_do_not_move_through_the_stream() {
             let mut p = Probs::new();
             p.extend_from_slice(row).unwrap();
             let pred = metrics::argmax(row);
-            let rec = Record { set: ProbeSet::Clean, sample: i as u32, label: c.labels[i] as u16, prediction: pred as u16, confidence: row[pred], p_true: row[c.labels[i]], cue: None, probs: Some(p) };
+            let rec = Record { set: ProbeSet::Clean, sample: i as u32, label: c.labels[i] as u16, prediction: pred as u16, confidence: row[pred], p_true: row[c.labels[i]], cue: None, probs: Some(Box::new(p)) };
             bytes.extend_from_slice(enc.encode(&Message::Record(rec)).unwrap());
         }
         let (frames, stats) = decode_all(&bytes);

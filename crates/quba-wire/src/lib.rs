@@ -3,10 +3,10 @@
 //! A crate of its own (serde, postcard, COBS, CRC-32, heapless; no tract, no
 //! files) so that both binaries share it, another program can read a board's
 //! stream without linking a runtime, and the fuzz targets (`fuzz/`) build in
-//! seconds; quba-edge re-exports it as `quba_edge::protocol`. `docs/wire-format.md` is its one-page description. The
-//! device side never allocates per record: a [`Record`] keeps its probability
-//! vector in a fixed-capacity `heapless::Vec` and [`FrameEncoder`] writes into
-//! fixed arrays it owns.
+//! seconds; quba-edge re-exports it as `quba_edge::protocol`. `docs/wire-format.md` is its one-page description. On
+//! the device, a record allocates at most its probability vector (a boxed
+//! fixed-capacity `heapless::Vec`, only where the record carries one) and
+//! [`FrameEncoder`] writes into fixed arrays it owns.
 
 use serde::{Deserialize, Serialize};
 
@@ -354,8 +354,6 @@ impl core::str::FromStr for Shard {
 
 /// One model decision on one probe of one sample.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-// Aligned for the host's decoder, as `Message` is.
-#[repr(align(64))]
 pub struct Record {
     pub set: ProbeSet,
     /// Index into the run's sample list (sorted dataset order, after subsetting).
@@ -370,7 +368,13 @@ pub struct Record {
     pub cue: Option<u16>,
     /// Full softmax vector, exactly as computed (f32, lossless), where the
     /// metric needs it: always on `clean`, because ACE is class-conditional.
-    pub probs: Option<Probs>,
+    ///
+    /// Boxed (serde writes a box as what it holds, so the wire is the same)
+    /// because inline it made every `Message` 4 KB, and the host moves each
+    /// one several times while decoding, also the many top-1 records that
+    /// carry no vector. The device pays one 4 KB allocation per full record,
+    /// nothing next to the model pass that produced it.
+    pub probs: Option<Box<Probs>>,
 }
 
 /// A sample the device could not evaluate (unreadable image, …). It names the
@@ -418,11 +422,6 @@ impl Stage {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-// Decoding moves each message several times, 4 KB per move whatever it holds
-// (room for 1000 probabilities). glibc copies 4 KB with `rep movsb`, which on
-// AMD Zen ran 3x slower when source and destination differ in alignment mod
-// 64: aligned, decode went from 0.3 to 1.1 M records/s (docs/wire-format.md).
-#[repr(align(64))]
 pub enum Message {
     /// First frame on a TCP connection: proves the device knows the host's token.
     Hello { token: String },
@@ -506,14 +505,12 @@ impl DecodeStats {
     }
 }
 
-/// A frame that checked out: the message plus its bytes, kept so the host can
-/// log exactly what it received.
+/// A frame that checked out. [`FrameDecoder::push`] lends its bytes beside
+/// it, for a host that logs exactly what it received.
 #[derive(Debug, Clone)]
 pub struct Frame {
     pub seq: u32,
     pub message: Message,
-    /// The encoded frame including its terminating zero.
-    pub bytes: Vec<u8>,
 }
 
 /// Streaming decoder: feed it any byte chunks; it yields only frames whose
@@ -524,7 +521,7 @@ pub struct FrameDecoder {
     /// Set after an over-long frame: drop bytes until the next delimiter.
     skipping: bool,
     /// A frame's COBS-decoded bytes; one buffer for every frame, so a frame
-    /// costs a single allocation, the copy of its bytes that [`Frame`] keeps.
+    /// allocates nothing beyond what its message holds.
     raw: Vec<u8>,
     last_seq: Option<u32>,
     pub stats: DecodeStats,
@@ -541,7 +538,11 @@ impl FrameDecoder {
         FrameDecoder { pending: Vec::new(), skipping: false, raw: vec![0; MAX_FRAME], last_seq: None, stats: DecodeStats::default() }
     }
 
-    pub fn push(&mut self, mut bytes: &[u8], mut on_frame: impl FnMut(Frame)) {
+    /// Hands `on_frame` each frame completed by `bytes`, with the frame's
+    /// bytes as received (up to and including its delimiter). They are lent,
+    /// not copied: at a million frames a second, an allocation each was a
+    /// fifth of the host's time, and most callers do not keep them.
+    pub fn push(&mut self, mut bytes: &[u8], mut on_frame: impl FnMut(Frame, &[u8])) {
         while !bytes.is_empty() {
             let Some(i) = bytes.iter().position(|&b| b == 0) else {
                 if self.skipping {
@@ -586,14 +587,14 @@ impl FrameDecoder {
     }
 
     /// `chunk` is one frame's bytes up to and including its delimiter.
-    fn check(&mut self, chunk: &[u8], on_frame: &mut impl FnMut(Frame)) {
+    fn check(&mut self, chunk: &[u8], on_frame: &mut impl FnMut(Frame, &[u8])) {
         // A lone delimiter (e.g. after resync) carries nothing.
         if chunk.len() == 1 {
             return;
         }
-        // A `Message` is 4 KB whatever it holds (a record has room for 1000
-        // probabilities), so every move of one is a 4 KB copy: it goes from
-        // postcard straight into the `Frame` handed on, never through a helper's
+        // A `Message` is half a kilobyte whatever it holds (room for a
+        // header), and every move copies all of it: it goes from postcard
+        // straight into the `Frame` handed on, never through a helper's
         // return value.
         let Some((seq, payload)) = unpack(&chunk[..chunk.len() - 1], &mut self.raw) else {
             return self.lose(chunk);
@@ -604,7 +605,6 @@ impl FrameDecoder {
                 Ok(m) => m,
                 Err(_) => return self.lose(chunk),
             },
-            bytes: chunk.to_vec(),
         };
         // A header starts a new sequence (a new run or a reconnect).
         let restarts = matches!(frame.message, Message::Header(_) | Message::Hello { .. });
@@ -615,7 +615,7 @@ impl FrameDecoder {
         }
         self.last_seq = Some(seq);
         self.stats.frames += 1;
-        on_frame(frame);
+        on_frame(frame, chunk);
     }
 
     fn lose(&mut self, chunk: &[u8]) {
@@ -736,12 +736,13 @@ pub struct Launch {
 /// Decodes a whole byte buffer (a stored log, a test stream).
 pub fn decode_all(bytes: &[u8]) -> (Vec<Frame>, DecodeStats) {
     let mut dec = FrameDecoder::new();
-    // Sized once: each frame takes 4 KB here, and a 64-aligned vector grows by
-    // copying (no `realloc`). A frame that decodes is at least 12 bytes (9 of
-    // header and CRC, a payload byte, the COBS code, the delimiter).
+    // Sized once: each frame takes half a kilobyte here, so a log of millions
+    // is not copied over as the vector grows. A frame that decodes is at
+    // least 12 bytes (9 of header and CRC, a payload byte, the COBS code, the
+    // delimiter).
     let delimiters = bytes.iter().filter(|&&b| b == 0).count();
     let mut frames = Vec::with_capacity(delimiters.min(bytes.len() / 12));
-    dec.push(bytes, |f| frames.push(f));
+    dec.push(bytes, |f, _| frames.push(f));
     dec.finish();
     (frames, dec.stats)
 }
@@ -763,7 +764,7 @@ mod tests {
             confidence: probs[k - 1],
             p_true: probs[3],
             cue: None,
-            probs: Some(probs),
+            probs: Some(Box::new(probs)),
         }
     }
 
@@ -893,7 +894,7 @@ mod tests {
         assert!(frames.is_empty());
         let mut dec = FrameDecoder::new();
         for piece in bytes.chunks(100) {
-            dec.push(piece, |_| panic!("an oversized frame was accepted"));
+            dec.push(piece, |_, _| panic!("an oversized frame was accepted"));
         }
         dec.finish();
         assert_eq!(dec.stats, whole);
@@ -909,6 +910,29 @@ mod tests {
             let e = bad.parse::<Shard>().unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn frames_match_the_recorded_bytes() {
+        // Protocol 3's bytes, recorded from an earlier build: how the types
+        // lie in memory (boxed fields, alignment) must not change the wire.
+        let mut r = record(77, 4);
+        r.cue = Some(9);
+        let mut top1 = record(1_000_000, 4);
+        top1.set = ProbeSet::Corruption { corruption: 14, severity: 5 };
+        top1.probs = None;
+        let mut enc = FrameEncoder::new();
+        let mut hex = String::new();
+        for m in [Message::Record(r), Message::Record(top1)] {
+            for b in enc.encode(&m).unwrap() {
+                hex.push_str(&format!("{b:02x}"));
+            }
+        }
+        assert_eq!(
+            hex,
+            "02030101010202054d03030a04803e0a07803e010901040104803e0304803e0704803e0a07803ece80131d00\
+             03030101010b02010e05c0843d03030a04803e0a03803e01050858cfae00"
+        );
     }
 
     #[test]

@@ -25,6 +25,13 @@ const ROWS: usize = 4;
 const LANES: usize = 16;
 /// Output rows per depthwise block.
 const BLOCK_ROWS: usize = 4;
+/// Channels per block of the channel-vectorised depthwise kernel: two AVX2
+/// registers of f32.
+const CH: usize = 16;
+/// Output pixels along a row per block of that kernel.
+const PX: usize = 4;
+/// Bytes of f32 input tile the channel-vectorised kernel aims to keep in L2.
+const TILE_BYTES: usize = 96 << 10;
 /// f32 holds every integer up to this exactly; the depthwise kernel is used
 /// only when its largest possible partial sum stays below it.
 const F32_EXACT: i64 = 1 << 24;
@@ -124,8 +131,11 @@ enum Kernel {
     /// `[group][row block][k pair][ROWS]`: `(w − w_zp)` of channels 2k and
     /// 2k+1 as the low and high i16 of one i32, the operand `vpmaddwd` wants.
     Gemm { pairs: Vec<i32>, k_pairs: usize, row_blocks: usize },
-    /// `[channel][kh·kw]`, `(w − w_zp)` as f32.
-    Depthwise { taps: Vec<f32> },
+    /// `taps`: `[channel][kh·kw]`, `(w − w_zp)` as f32; `blocked`: the same
+    /// as `[channel block][kh·kw][CH]`, zero past the last channel. `bias`:
+    /// the bias as f32, the accumulators' start, when `folded` (every
+    /// channel's bias and largest sum stay exact in f32 together).
+    Depthwise { taps: Vec<f32>, blocked: Vec<f32>, bias: Vec<f32>, folded: bool },
 }
 
 impl QConv {
@@ -137,7 +147,21 @@ impl QConv {
         let taps = geo.kh * geo.kw;
         let depthwise = geo.cin_g == 1 && geo.cout_g == 1 && (taps as i64) * 255 * 255 < F32_EXACT;
         let kernel = if depthwise {
-            Kernel::Depthwise { taps: w.iter().map(|&v| v as f32).collect() }
+            let blocks = geo.cout().div_ceil(CH);
+            let mut blocked = vec![0f32; blocks * taps * CH];
+            for (c, w) in w.chunks_exact(taps).enumerate() {
+                for (t, &v) in w.iter().enumerate() {
+                    blocked[((c / CH) * taps + t) * CH + c % CH] = v as f32;
+                }
+            }
+            // Starting the sums at the bias saves converting every output to
+            // i32 and back, but only while bias plus sum stays below 2^24.
+            let folded = w.chunks_exact(taps).zip(&requant.bias).all(|(w, &b)| {
+                (b as i64).abs() + 255 * w.iter().map(|&v| (v as i64).abs()).sum::<i64>() < F32_EXACT
+            });
+            let mut bias: Vec<f32> = requant.bias.iter().map(|&b| if folded { b as f32 } else { 0.0 }).collect();
+            bias.resize(blocks * CH, 0.0);
+            Kernel::Depthwise { taps: w.iter().map(|&v| v as f32).collect(), blocked, bias, folded }
         } else {
             let depth = geo.depth();
             let k_pairs = depth.div_ceil(2);
@@ -210,7 +234,16 @@ impl QConv {
             let x = &x[n * img_in..][..img_in];
             let out = &mut out[n * img_out..][..img_out];
             match &self.kernel {
-                Kernel::Depthwise { taps } => self.depthwise(x, taps, out, plane, acc),
+                Kernel::Depthwise { taps, blocked, bias, folded } => {
+                    // Narrower than one chunk the row kernel leaves lanes idle
+                    // and pays its per-channel set-up for few outputs: lanes go
+                    // across channels instead.
+                    if g.wo < LANES {
+                        self.depthwise_channels(x, blocked, bias, *folded, out, plane, avx2)
+                    } else {
+                        self.depthwise(x, taps, out, plane, acc)
+                    }
+                }
                 Kernel::Gemm { pairs, k_pairs, row_blocks } => {
                     for grp in 0..g.groups {
                         let x = &x[grp * g.cin_g * g.h * g.w..][..g.cin_g * g.h * g.w];
@@ -324,6 +357,94 @@ impl QConv {
         }
     }
 
+    /// Depthwise with lanes across channels: the input is transposed into a
+    /// padded `[row][column][CH]` f32 tile per block of channels, so every
+    /// tap of every pixel is a full vector whatever the plane's width,
+    /// stride or dilation. Small late planes (7×7, 14×14) waste no lanes, and
+    /// the bias and multiplier are vectors too.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn depthwise_channels<T: Code>(&self, x: &[T], w: &[f32], bias: &[f32], folded: bool, out: &mut [T], tile: &mut Vec<f32>, avx2: bool) {
+        let g = &self.geo;
+        let zp = self.x_zero_point as f32;
+        let taps = g.kh * g.kw;
+        let cols = (g.wo - 1) * g.sw + (g.kw - 1) * g.dw + 1;
+        let reach = (g.kh - 1) * g.dh + 1;
+        // Output rows per band: as many as keep the tile near TILE_BYTES,
+        // since its rows are re-read by every tap row.
+        let band = (TILE_BYTES / (cols * CH * 4)).saturating_sub(reach) / g.sh + 1;
+        let band = band.clamp(1, g.ho);
+        let rows = (band - 1) * g.sh + reach;
+        tile.clear();
+        tile.resize(rows * cols * CH, 0.0);
+        let offsets: Vec<usize> = (0..taps).map(|t| ((t / g.kw) * g.dh * cols + (t % g.kw) * g.dw) * CH).collect();
+        let rq = &self.requant;
+        let (lo, hi) = ((T::MIN - rq.zero_point) as f32, (T::MAX - rq.zero_point) as f32);
+        let plane = g.h * g.w;
+        let inside = g.w.min(cols.saturating_sub(g.pad_l));
+        for cb in 0..g.cout().div_ceil(CH) {
+            let nch = CH.min(g.cout() - cb * CH);
+            let wb = &w[cb * taps * CH..][..taps * CH];
+            let start = cb * CH;
+            let req = BlockRequant {
+                init: bias[start..][..CH].try_into().unwrap(),
+                mult: std::array::from_fn(|l| rq.mult.get(start + l).copied().unwrap_or(0.0)),
+                bias: std::array::from_fn(|l| if folded { 0 } else { rq.bias.get(start + l).copied().unwrap_or(0) }),
+                folded,
+                lo,
+                hi,
+                zero_point: rq.zero_point,
+            };
+            for oh0 in (0..g.ho).step_by(band) {
+                let bh = band.min(g.ho - oh0);
+                let top = (oh0 * g.sh) as isize - g.pad_t as isize;
+                // The band's input rows, transposed; columns outside the
+                // image are never written, so they stay zero (the zero point).
+                for r in 0..(bh - 1) * g.sh + reach {
+                    let ih = top + r as isize;
+                    let dst = &mut tile[r * cols * CH..][..cols * CH];
+                    if ih < 0 || ih as usize >= g.h {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let dst = &mut dst[(g.pad_l * CH).min(cols * CH)..];
+                    for l in 0..nch {
+                        let src = &x[(start + l) * plane + ih as usize * g.w..][..inside];
+                        for (d, s) in dst.chunks_exact_mut(CH).zip(src) {
+                            d[l] = s.widen() as f32 - zp;
+                        }
+                    }
+                }
+                // Blocks of PX consecutive output pixels, which may span rows,
+                // so each channel's PX codes are one contiguous store.
+                let n_band = bh * g.wo;
+                for q0 in (0..n_band).step_by(PX) {
+                    let bases: [usize; PX] = std::array::from_fn(|p| {
+                        // The last block repeats its last pixel rather than read past the band.
+                        let q = (q0 + p).min(n_band - 1);
+                        ((q / g.wo) * g.sh * cols + (q % g.wo) * g.sw) * CH
+                    });
+                    let codes = if avx2 {
+                        // SAFETY: `avx2` is only true inside `run_avx2`, entered after
+                        // detection; every base + offset + CH stays within the band's
+                        // rows and `cols` by their construction.
+                        unsafe { simd::depthwise_block_avx2(wb, tile, &offsets, &bases, &req) }
+                    } else {
+                        depthwise_block(wb, tile, &offsets, &bases, &req, cfg!(target_arch = "aarch64"))
+                    };
+                    let n = PX.min(n_band - q0);
+                    let at = oh0 * g.wo + q0;
+                    for (l, &c) in codes.iter().enumerate().take(nch) {
+                        let dst = &mut out[(start + l) * g.ho * g.wo + at..][..n];
+                        for (p, d) in dst.iter_mut().enumerate() {
+                            *d = T::narrow((c >> (8 * p)) as u8 as i32);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[inline(always)]
     fn depthwise<T: Code>(&self, x: &[T], taps: &[f32], out: &mut [T], plane: &mut Vec<f32>, row: &mut Vec<f32>) {
         let g = &self.geo;
@@ -430,8 +551,12 @@ impl QConv {
 /// on targets without a rounding instruction.
 #[inline(always)]
 fn requantize(acc: i32, mult: f32, lo: f32, hi: f32) -> i32 {
+    round_clamped(acc as f32 * mult, lo, hi)
+}
+
+#[inline(always)]
+fn round_clamped(v: f32, lo: f32, hi: f32) -> i32 {
     const MAGIC: f32 = 12_582_912.0;
-    let v = acc as f32 * mult;
     // Plain compares rather than f32::max/min, whose NaN rules cost a blend
     // per lane; v is never NaN.
     let v = if v < lo { lo } else { v };
@@ -439,6 +564,52 @@ fn requantize(acc: i32, mult: f32, lo: f32, hi: f32) -> i32 {
     // The sum's low mantissa bits are the rounded integer: reading them
     // avoids a saturating float-to-int conversion.
     (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
+}
+
+/// A channel block's requantisation, as vectors.
+struct BlockRequant {
+    /// The sums' start: the bias when folded, else zero.
+    init: [f32; CH],
+    mult: [f32; CH],
+    /// The bias still to add in i32 when not folded.
+    bias: [i32; CH],
+    folded: bool,
+    lo: f32,
+    hi: f32,
+    zero_point: i32,
+}
+
+/// One block of the channel-vectorised depthwise kernel: for each pixel p,
+/// `Σ_t w[t] · tile[bases[p] + offsets[t]]` over vectors of CH channels,
+/// requantised; returns each channel's PX codes as the bytes of one u32,
+/// pixel 0 lowest. Fused multiply-adds where the target has them natively
+/// (aarch64): exact either way.
+#[inline(always)]
+fn depthwise_block(w: &[f32], tile: &[f32], offsets: &[usize], bases: &[usize; PX], rq: &BlockRequant, fma: bool) -> [u32; CH] {
+    let mut acc = [rq.init; PX];
+    for (t, &off) in offsets.iter().enumerate() {
+        let wt: &[f32; CH] = w[t * CH..][..CH].try_into().unwrap();
+        for (a, &base) in acc.iter_mut().zip(bases) {
+            let s: &[f32; CH] = tile[base + off..][..CH].try_into().unwrap();
+            for l in 0..CH {
+                a[l] = if fma { wt[l].mul_add(s[l], a[l]) } else { a[l] + wt[l] * s[l] };
+            }
+        }
+    }
+    let mut codes = [0u32; CH];
+    for (p, a) in acc.iter().enumerate() {
+        for l in 0..CH {
+            let v = if rq.folded {
+                a[l]
+            } else {
+                // SAFETY: a[l] is an integer below 2^24 (the kernel's precondition).
+                unsafe { a[l].to_int_unchecked::<i32>() }.wrapping_add(rq.bias[l]) as f32
+            };
+            let code = round_clamped(v * rq.mult[l], rq.lo, rq.hi) + rq.zero_point;
+            codes[l] |= (code as u32 & 0xff) << (8 * p);
+        }
+    }
+    codes
 }
 
 #[inline(always)]
@@ -515,6 +686,67 @@ mod simd {
         }
     }
 
+    /// `super::depthwise_block` with the PX × CH sums in eight registers
+    /// and the requantisation and byte transpose in vectors: LLVM scalarised
+    /// the portable form inside the AVX2 body.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn depthwise_block_avx2(w: &[f32], tile: &[f32], offsets: &[usize], bases: &[usize; super::PX], rq: &super::BlockRequant) -> [u32; super::CH] {
+        use std::arch::x86_64::*;
+        const { assert!(super::CH == 16 && super::PX == 4) };
+        debug_assert!(offsets.iter().all(|&o| bases.iter().all(|&b| b + o + 16 <= tile.len())) && w.len() >= offsets.len() * 16);
+        let (wp, tp) = (w.as_ptr(), tile.as_ptr());
+        // SAFETY (all loads and stores below): the caller keeps every base +
+        // offset + 16 within the tile, w holds 16 f32 per tap, and the
+        // requantisation arrays hold 16 lanes.
+        unsafe {
+            let (i0, i1) = (_mm256_loadu_ps(rq.init.as_ptr()), _mm256_loadu_ps(rq.init.as_ptr().add(8)));
+            let mut a = [i0, i1, i0, i1, i0, i1, i0, i1];
+            for (t, &off) in offsets.iter().enumerate() {
+                let (w0, w1) = (_mm256_loadu_ps(wp.add(t * 16)), _mm256_loadu_ps(wp.add(t * 16 + 8)));
+                for p in 0..4 {
+                    let s = tp.add(bases[p] + off);
+                    a[2 * p] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(s), a[2 * p]);
+                    a[2 * p + 1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(s.add(8)), a[2 * p + 1]);
+                }
+            }
+            let (lo, hi) = (_mm256_set1_ps(rq.lo), _mm256_set1_ps(rq.hi));
+            const MAGIC: f32 = 12_582_912.0;
+            let magic = _mm256_set1_ps(MAGIC);
+            let offset = _mm256_set1_epi32((MAGIC.to_bits() as i32).wrapping_sub(rq.zero_point));
+            let byte = _mm256_set1_epi32(0xff);
+            let mut codes = [0u32; 16];
+            for h in 0..2 {
+                let mult = _mm256_loadu_ps(rq.mult.as_ptr().add(8 * h));
+                let bias = _mm256_loadu_si256(rq.bias.as_ptr().add(8 * h) as *const __m256i);
+                let mut packed = _mm256_setzero_si256();
+                for p in 0..4 {
+                    let mut v = a[2 * p + h];
+                    if !rq.folded {
+                        v = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_cvttps_epi32(v), bias));
+                    }
+                    // The scalar `requantize`: multiply, clamp, round by the magic number.
+                    let v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, mult), lo), hi);
+                    let c = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(v, magic)), offset);
+                    let c = _mm256_and_si256(c, byte);
+                    packed = _mm256_or_si256(packed, match p {
+                        0 => c,
+                        1 => _mm256_slli_epi32::<8>(c),
+                        2 => _mm256_slli_epi32::<16>(c),
+                        _ => _mm256_slli_epi32::<24>(c),
+                    });
+                }
+                _mm256_storeu_si256(codes.as_mut_ptr().add(8 * h) as *mut __m256i, packed);
+            }
+            codes
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub unsafe fn depthwise_block_avx2(w: &[f32], tile: &[f32], offsets: &[usize], bases: &[usize; super::PX], rq: &super::BlockRequant) -> [u32; super::CH] {
+        super::depthwise_block(w, tile, offsets, bases, rq, false)
+    }
+
     #[cfg(not(target_arch = "x86_64"))]
     pub unsafe fn tile_avx2(a: &[i32], b: &[i16], k_pairs: usize, acc: &mut [i32; super::ROWS * super::PANEL]) {
         super::tile_portable(a, b, k_pairs, acc)
@@ -575,6 +807,12 @@ mod tests {
 
     #[allow(clippy::too_many_arguments)]
     fn case(seed: u64, groups: usize, cin_g: usize, cout_g: usize, k: (usize, usize), s: (usize, usize), d: usize, pad: (usize, usize, usize, usize), hw: (usize, usize)) {
+        case_scaled(seed, groups, cin_g, cout_g, k, s, d, pad, hw, 5000, (200, 4000));
+    }
+
+    /// `case` with the bias drawn from ±`bias` and the multiplier from 1/`mult`.
+    #[allow(clippy::too_many_arguments)]
+    fn case_scaled(seed: u64, groups: usize, cin_g: usize, cout_g: usize, k: (usize, usize), s: (usize, usize), d: usize, pad: (usize, usize, usize, usize), hw: (usize, usize), bias: i32, mult: (i32, i32)) {
         let mut rng = Lcg(seed);
         let (kh, kw) = k;
         let (h, w) = hw;
@@ -585,8 +823,8 @@ mod tests {
         // Weights over the whole i8 range less a per-channel zero point, so
         // w − w_zp reaches ±255, the widest an i16 pair must hold exactly.
         let weights: Vec<i32> = (0..cout * cin_g * kh * kw).map(|_| rng.range(-128, 127) - rng.range(-2, 2)).collect();
-        let bias = (0..cout).map(|_| rng.range(-5000, 5000)).collect();
-        let mult = (0..cout).map(|_| 1.0 / rng.range(200, 4000) as f32).collect();
+        let bias = (0..cout).map(|_| rng.range(-bias, bias)).collect();
+        let mult = (0..cout).map(|_| 1.0 / rng.range(mult.0, mult.1) as f32).collect();
         let x_zp = rng.range(0, 255);
         let conv = QConv::new(geo.clone(), &weights, x_zp, Requant { bias, mult, zero_point: rng.range(0, 255) });
         let batch = 2;
@@ -633,8 +871,27 @@ mod tests {
         case(9, 24, 1, 1, (3, 3), (1, 1), 1, (1, 1, 1, 1), (12, 12));
         case(10, 40, 1, 1, (5, 5), (2, 2), 1, (1, 1, 2, 2), (15, 14));
         case(11, 8, 1, 1, (3, 3), (2, 2), 2, (2, 2, 2, 2), (10, 11));
+        // Narrow planes take the channel-vectorised kernel: a channel count
+        // that is not a whole block, odd widths, stride 2, asymmetric and
+        // dilated padding, and a last pixel block cut short.
+        case(13, 37, 1, 1, (5, 5), (1, 1), 1, (2, 2, 2, 2), (7, 7));
+        case(14, 20, 1, 1, (3, 3), (2, 2), 1, (0, 0, 1, 1), (14, 13));
+        case(15, 16, 1, 1, (5, 5), (2, 2), 1, (1, 2, 2, 1), (9, 15));
+        case(16, 5, 1, 1, (3, 3), (1, 1), 2, (2, 2, 2, 2), (3, 5));
+        case(17, 33, 1, 1, (3, 5), (1, 2), 1, (1, 0, 1, 3), (11, 6));
         // A 17×17 depthwise kernel could exceed f32's exact range and takes the GEMM path.
         case(12, 3, 1, 1, (17, 17), (1, 1), 1, (8, 8, 8, 8), (20, 20));
+    }
+
+    #[test]
+    fn depthwise_bias_beyond_f32_and_saturation_match_the_definition() {
+        // A bias near 2^28 cannot start the f32 sums exactly: it is added in
+        // i32 after them. Both depthwise kernels, wide and narrow planes.
+        case_scaled(18, 19, 1, 1, (3, 3), (1, 1), 1, (1, 1, 1, 1), (9, 21), 1 << 28, (1 << 20, 1 << 21));
+        case_scaled(19, 21, 1, 1, (5, 5), (2, 2), 1, (2, 2, 2, 2), (13, 9), 1 << 28, (1 << 20, 1 << 21));
+        // Multipliers this large drive most codes to either end of the range.
+        case_scaled(20, 18, 1, 1, (3, 3), (1, 1), 1, (1, 1, 1, 1), (10, 40), 5000, (1, 4));
+        case_scaled(21, 18, 1, 1, (5, 5), (1, 1), 1, (2, 2, 2, 2), (6, 6), 5000, (1, 4));
     }
 
     #[test]
@@ -682,6 +939,11 @@ mod timing {
             ("dw5 s1 672@14", 672, 1, 1, 5, 1, 14),
             ("dw5 s1 1152@7", 1152, 1, 1, 5, 1, 7),
             ("dw3 s1 1152@7", 1152, 1, 1, 3, 1, 7),
+            ("dw3 s1 144@56", 144, 1, 1, 3, 1, 56),
+            ("dw5 s2 144@56", 144, 1, 1, 5, 2, 56),
+            ("dw3 s2 240@28", 240, 1, 1, 3, 2, 28),
+            ("dw3 s1 480@14", 480, 1, 1, 3, 1, 14),
+            ("dw5 s2 672@14", 672, 1, 1, 5, 2, 14),
         ] {
             let (c, x) = conv(g, ci, co, k, s, hw);
             let mut out = vec![0u8; c.geo.cout() * c.geo.pixels()];

@@ -21,15 +21,13 @@ use std::cell::RefCell;
 const PANEL: usize = 16;
 /// Output channels per GEMM tile.
 const ROWS: usize = 4;
-/// Outputs per depthwise chunk: two AVX2 registers of f32.
+/// Lanes of a depthwise block: two AVX2 registers of f32, outputs along a
+/// row (row kernel) or channels (channel kernel).
 const LANES: usize = 16;
-/// Output rows per depthwise block.
-const BLOCK_ROWS: usize = 4;
-/// Channels per block of the channel-vectorised depthwise kernel: two AVX2
-/// registers of f32.
-const CH: usize = 16;
-/// Output pixels along a row per block of that kernel.
-const PX: usize = 4;
+/// Vectors of sums per depthwise block: output rows (row kernel) or pixels
+/// (channel kernel). With LANES, eight registers of independent sums, so the
+/// fused multiply-adds do not wait on each other.
+const SUMS: usize = 4;
 /// Bytes of f32 input tile the channel-vectorised kernel aims to keep in L2.
 const TILE_BYTES: usize = 96 << 10;
 /// f32 holds every integer up to this exactly; the depthwise kernel is used
@@ -132,7 +130,7 @@ enum Kernel {
     /// 2k+1 as the low and high i16 of one i32, the operand `vpmaddwd` wants.
     Gemm { pairs: Vec<i32>, k_pairs: usize, row_blocks: usize },
     /// `taps`: `[channel][kh·kw]`, `(w − w_zp)` as f32; `blocked`: the same
-    /// as `[channel block][kh·kw][CH]`, zero past the last channel. `bias`:
+    /// as `[channel block][kh·kw][LANES]`, zero past the last channel. `bias`:
     /// the bias as f32, the accumulators' start, when `folded` (every
     /// channel's bias and largest sum stay exact in f32 together).
     Depthwise { taps: Vec<f32>, blocked: Vec<f32>, bias: Vec<f32>, folded: bool },
@@ -147,11 +145,11 @@ impl QConv {
         let taps = geo.kh * geo.kw;
         let depthwise = geo.cin_g == 1 && geo.cout_g == 1 && (taps as i64) * 255 * 255 < F32_EXACT;
         let kernel = if depthwise {
-            let blocks = geo.cout().div_ceil(CH);
-            let mut blocked = vec![0f32; blocks * taps * CH];
+            let blocks = geo.cout().div_ceil(LANES);
+            let mut blocked = vec![0f32; blocks * taps * LANES];
             for (c, w) in w.chunks_exact(taps).enumerate() {
                 for (t, &v) in w.iter().enumerate() {
-                    blocked[((c / CH) * taps + t) * CH + c % CH] = v as f32;
+                    blocked[((c / LANES) * taps + t) * LANES + c % LANES] = v as f32;
                 }
             }
             // Starting the sums at the bias saves converting every output to
@@ -160,7 +158,7 @@ impl QConv {
                 (b as i64).abs() + 255 * w.iter().map(|&v| (v as i64).abs()).sum::<i64>() < F32_EXACT
             });
             let mut bias: Vec<f32> = requant.bias.iter().map(|&b| if folded { b as f32 } else { 0.0 }).collect();
-            bias.resize(blocks * CH, 0.0);
+            bias.resize(blocks * LANES, 0.0);
             Kernel::Depthwise { taps: w.iter().map(|&v| v as f32).collect(), blocked, bias, folded }
         } else {
             let depth = geo.depth();
@@ -241,7 +239,7 @@ impl QConv {
                     if g.wo < LANES {
                         self.depthwise_channels(x, blocked, bias, *folded, out, plane, avx2)
                     } else {
-                        self.depthwise(x, taps, out, plane, acc)
+                        self.depthwise(x, taps, bias, *folded, out, plane, acc, avx2)
                     }
                 }
                 Kernel::Gemm { pairs, k_pairs, row_blocks } => {
@@ -358,7 +356,7 @@ impl QConv {
     }
 
     /// Depthwise with lanes across channels: the input is transposed into a
-    /// padded `[row][column][CH]` f32 tile per block of channels, so every
+    /// padded `[row][column][LANES]` f32 tile per block of channels, so every
     /// tap of every pixel is a full vector whatever the plane's width,
     /// stride or dilation. Small late planes (7×7, 14×14) waste no lanes, and
     /// the bias and multiplier are vectors too.
@@ -372,22 +370,22 @@ impl QConv {
         let reach = (g.kh - 1) * g.dh + 1;
         // Output rows per band: as many as keep the tile near TILE_BYTES,
         // since its rows are re-read by every tap row.
-        let band = (TILE_BYTES / (cols * CH * 4)).saturating_sub(reach) / g.sh + 1;
+        let band = (TILE_BYTES / (cols * LANES * 4)).saturating_sub(reach) / g.sh + 1;
         let band = band.clamp(1, g.ho);
         let rows = (band - 1) * g.sh + reach;
         tile.clear();
-        tile.resize(rows * cols * CH, 0.0);
-        let offsets: Vec<usize> = (0..taps).map(|t| ((t / g.kw) * g.dh * cols + (t % g.kw) * g.dw) * CH).collect();
+        tile.resize(rows * cols * LANES, 0.0);
+        let offsets: Vec<usize> = (0..taps).map(|t| ((t / g.kw) * g.dh * cols + (t % g.kw) * g.dw) * LANES).collect();
         let rq = &self.requant;
         let (lo, hi) = ((T::MIN - rq.zero_point) as f32, (T::MAX - rq.zero_point) as f32);
         let plane = g.h * g.w;
         let inside = g.w.min(cols.saturating_sub(g.pad_l));
-        for cb in 0..g.cout().div_ceil(CH) {
-            let nch = CH.min(g.cout() - cb * CH);
-            let wb = &w[cb * taps * CH..][..taps * CH];
-            let start = cb * CH;
+        for cb in 0..g.cout().div_ceil(LANES) {
+            let nch = LANES.min(g.cout() - cb * LANES);
+            let wb = &w[cb * taps * LANES..][..taps * LANES];
+            let start = cb * LANES;
             let req = BlockRequant {
-                init: bias[start..][..CH].try_into().unwrap(),
+                init: bias[start..][..LANES].try_into().unwrap(),
                 mult: std::array::from_fn(|l| rq.mult.get(start + l).copied().unwrap_or(0.0)),
                 bias: std::array::from_fn(|l| if folded { 0 } else { rq.bias.get(start + l).copied().unwrap_or(0) }),
                 folded,
@@ -402,42 +400,45 @@ impl QConv {
                 // image are never written, so they stay zero (the zero point).
                 for r in 0..(bh - 1) * g.sh + reach {
                     let ih = top + r as isize;
-                    let dst = &mut tile[r * cols * CH..][..cols * CH];
+                    let dst = &mut tile[r * cols * LANES..][..cols * LANES];
                     if ih < 0 || ih as usize >= g.h {
                         dst.fill(0.0);
                         continue;
                     }
-                    let dst = &mut dst[(g.pad_l * CH).min(cols * CH)..];
+                    let dst = &mut dst[(g.pad_l * LANES).min(cols * LANES)..];
                     for l in 0..nch {
                         let src = &x[(start + l) * plane + ih as usize * g.w..][..inside];
-                        for (d, s) in dst.chunks_exact_mut(CH).zip(src) {
+                        for (d, s) in dst.chunks_exact_mut(LANES).zip(src) {
                             d[l] = s.widen() as f32 - zp;
                         }
                     }
                 }
-                // Blocks of PX consecutive output pixels, which may span rows,
-                // so each channel's PX codes are one contiguous store.
+                // Blocks of SUMS consecutive output pixels, which may span rows,
+                // so each channel's SUMS codes are one contiguous store.
                 let n_band = bh * g.wo;
-                for q0 in (0..n_band).step_by(PX) {
-                    let bases: [usize; PX] = std::array::from_fn(|p| {
+                for q0 in (0..n_band).step_by(SUMS) {
+                    let bases: [usize; SUMS] = std::array::from_fn(|p| {
                         // The last block repeats its last pixel rather than read past the band.
                         let q = (q0 + p).min(n_band - 1);
-                        ((q / g.wo) * g.sh * cols + (q % g.wo) * g.sw) * CH
+                        ((q / g.wo) * g.sh * cols + (q % g.wo) * g.sw) * LANES
                     });
                     let codes = if avx2 {
                         // SAFETY: `avx2` is only true inside `run_avx2`, entered after
-                        // detection; every base + offset + CH stays within the band's
+                        // detection; every base + offset + LANES stays within the band's
                         // rows and `cols` by their construction.
-                        unsafe { simd::depthwise_block_avx2(wb, tile, &offsets, &bases, &req) }
+                        unsafe { simd::depthwise_block_avx2(wb, tile, &offsets, &bases, &req, true) }
                     } else {
-                        depthwise_block(wb, tile, &offsets, &bases, &req, cfg!(target_arch = "aarch64"))
+                        depthwise_block(wb, tile, &offsets, &bases, &req, cfg!(target_arch = "aarch64"), true)
                     };
-                    let n = PX.min(n_band - q0);
+                    let n = SUMS.min(n_band - q0);
                     let at = oh0 * g.wo + q0;
-                    for (l, &c) in codes.iter().enumerate().take(nch) {
-                        let dst = &mut out[(start + l) * g.ho * g.wo + at..][..n];
-                        for (p, d) in dst.iter_mut().enumerate() {
-                            *d = T::narrow((c >> (8 * p)) as u8 as i32);
+                    for (l, c) in codes.chunks_exact(1).enumerate().take(nch) {
+                        let dst = &mut out[(start + l) * g.ho * g.wo + at..];
+                        if n == SUMS {
+                            // A constant length, so one 4-byte store.
+                            put_codes(&mut dst[..SUMS], c);
+                        } else {
+                            put_codes(&mut dst[..n], c);
                         }
                     }
                 }
@@ -446,7 +447,8 @@ impl QConv {
     }
 
     #[inline(always)]
-    fn depthwise<T: Code>(&self, x: &[T], taps: &[f32], out: &mut [T], plane: &mut Vec<f32>, row: &mut Vec<f32>) {
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise<T: Code>(&self, x: &[T], taps: &[f32], bias: &[f32], folded: bool, out: &mut [T], plane: &mut Vec<f32>, row: &mut Vec<f32>, avx2: bool) {
         let g = &self.geo;
         let zp = self.x_zero_point as f32;
         // Rows and columns the windows reach, padding included.
@@ -458,7 +460,7 @@ impl QConv {
         // computed whole (and the surplus not stored).
         let used = cols.div_ceil(g.sw);
         let width = used + LANES;
-        let height = rows + (BLOCK_ROWS - 1) * g.sh;
+        let height = rows + (SUMS - 1) * g.sh;
         plane.clear();
         plane.resize(g.sw * height * width, 0.0);
         row.clear();
@@ -472,71 +474,68 @@ impl QConv {
             .collect();
         let rq = &self.requant;
         let (lo, hi) = ((T::MIN - rq.zero_point) as f32, (T::MAX - rq.zero_point) as f32);
+        let mut wrep = vec![0f32; g.kh * g.kw * LANES];
         for c in 0..g.cout() {
             let src = &x[c * g.h * g.w..][..g.h * g.w];
-            for r in 0..rows {
-                let ih = r as isize - g.pad_t as isize;
-                if ih < 0 || ih as usize >= g.h {
-                    for phase in 0..g.sw {
-                        plane[(phase * height + r) * width..][..used].fill(0.0);
+            // Padding rows and columns are the same for every channel and
+            // never written, so they keep the zeros of the resize above.
+            let len = used * g.sw;
+            let inside = g.w.min(len.saturating_sub(g.pad_l));
+            for r in g.pad_t..rows.min(g.pad_t + g.h) {
+                let srow = &src[(r - g.pad_t) * g.w..][..inside];
+                if g.sw == 1 {
+                    for (d, s) in plane[r * width + g.pad_l..][..inside].iter_mut().zip(srow) {
+                        *d = s.widen() as f32 - zp;
                     }
                     continue;
                 }
                 // The padded row, then its phases.
-                let srow = &src[ih as usize * g.w..][..g.w];
-                let len = row.len();
-                let inside = g.w.min(len.saturating_sub(g.pad_l));
-                row[..g.pad_l.min(len)].fill(0.0);
-                for (d, s) in row[g.pad_l.min(len)..][..inside].iter_mut().zip(srow) {
+                for (d, s) in row[g.pad_l..][..inside].iter_mut().zip(srow) {
                     *d = s.widen() as f32 - zp;
                 }
-                let tail = (g.pad_l + inside).min(len);
-                row[tail..].fill(0.0);
-                match g.sw {
-                    1 => plane[r * width..][..used].copy_from_slice(row),
-                    2 => {
-                        let (even, odd) = plane.split_at_mut(height * width);
-                        let (even, odd) = (&mut even[r * width..][..used], &mut odd[r * width..][..used]);
-                        for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
-                            *e = pair[0];
-                            *o = pair[1];
-                        }
+                if g.sw == 2 {
+                    let (even, odd) = plane.split_at_mut(height * width);
+                    let (even, odd) = (&mut even[r * width..][..used], &mut odd[r * width..][..used]);
+                    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
+                        *e = pair[0];
+                        *o = pair[1];
                     }
-                    sw => {
-                        for phase in 0..sw {
-                            let dst = &mut plane[(phase * height + r) * width..][..used];
-                            for (d, s) in dst.iter_mut().zip(row[phase..].iter().step_by(sw)) {
-                                *d = *s;
-                            }
-                        }
+                    continue;
+                }
+                for phase in 0..g.sw {
+                    let dst = &mut plane[(phase * height + r) * width..][..used];
+                    for (d, s) in dst.iter_mut().zip(row[phase..].iter().step_by(g.sw)) {
+                        *d = *s;
                     }
                 }
             }
-            let w = &taps[c * g.kh * g.kw..][..g.kh * g.kw];
-            let (bias, mult, yzp) = (rq.bias[c], rq.mult[c], rq.zero_point);
-            for oh in (0..g.ho).step_by(BLOCK_ROWS) {
+            // The channel's weights and requantisation as vectors, so the
+            // block is the channel kernel's with lanes along the row.
+            for (d, &v) in wrep.chunks_exact_mut(LANES).zip(&taps[c * g.kh * g.kw..][..g.kh * g.kw]) {
+                d.fill(v);
+            }
+            let req = BlockRequant {
+                init: [bias[c]; LANES],
+                mult: [rq.mult[c]; LANES],
+                bias: [if folded { 0 } else { rq.bias[c] }; LANES],
+                folded,
+                lo,
+                hi,
+                zero_point: rq.zero_point,
+            };
+            for oh in (0..g.ho).step_by(SUMS) {
                 for ow in (0..g.wo).step_by(LANES) {
-                    // BLOCK_ROWS × LANES outputs stay in registers over all
-                    // taps: independent sums, so the adds do not wait on each other.
-                    let mut a = [[0f32; LANES]; BLOCK_ROWS];
-                    for (&wv, &off) in w.iter().zip(&offsets) {
-                        for (rr, a) in a.iter_mut().enumerate() {
-                            let src = &plane[(oh + rr) * g.sh * width + off + ow..][..LANES];
-                            for l in 0..LANES {
-                                a[l] += wv * src[l];
-                            }
-                        }
-                    }
+                    let bases: [usize; SUMS] = std::array::from_fn(|rr| (oh + rr) * g.sh * width + ow);
+                    let codes = if avx2 {
+                        // SAFETY: `avx2` is only true inside `run_avx2`, entered after
+                        // detection; the planes' spare rows and columns hold every read.
+                        unsafe { simd::depthwise_block_avx2(&wrep, plane, &offsets, &bases, &req, false) }
+                    } else {
+                        depthwise_block(&wrep, plane, &offsets, &bases, &req, cfg!(target_arch = "aarch64"), false)
+                    };
                     let n = LANES.min(g.wo - ow);
-                    for (rr, a) in a.iter().enumerate().take(g.ho - oh) {
-                        let dst = &mut out[(c * g.ho + oh + rr) * g.wo + ow..][..n];
-                        for (d, &v) in dst.iter_mut().zip(a) {
-                            // SAFETY: v is an integer below 2^24 in magnitude (the
-                            // kernel's precondition), so the conversion is exact; the
-                            // checked `as` would not vectorise.
-                            let v = unsafe { v.to_int_unchecked::<i32>() };
-                            *d = T::narrow(requantize(v.wrapping_add(bias), mult, lo, hi) + yzp);
-                        }
+                    for (rr, bytes) in codes.chunks_exact(LANES / 4).enumerate().take(g.ho - oh) {
+                        put_codes(&mut out[(c * g.ho + oh + rr) * g.wo + ow..][..n], bytes);
                     }
                 }
             }
@@ -569,36 +568,37 @@ fn round_clamped(v: f32, lo: f32, hi: f32) -> i32 {
 /// A channel block's requantisation, as vectors.
 struct BlockRequant {
     /// The sums' start: the bias when folded, else zero.
-    init: [f32; CH],
-    mult: [f32; CH],
+    init: [f32; LANES],
+    mult: [f32; LANES],
     /// The bias still to add in i32 when not folded.
-    bias: [i32; CH],
+    bias: [i32; LANES],
     folded: bool,
     lo: f32,
     hi: f32,
     zero_point: i32,
 }
 
-/// One block of the channel-vectorised depthwise kernel: for each pixel p,
-/// `Σ_t w[t] · tile[bases[p] + offsets[t]]` over vectors of CH channels,
-/// requantised; returns each channel's PX codes as the bytes of one u32,
-/// pixel 0 lowest. Fused multiply-adds where the target has them natively
-/// (aarch64): exact either way.
+/// One depthwise block: `Σ_t w[t] · tile[bases[p] + offsets[t]]` for each
+/// of the SUMS vectors p, LANES wide, requantised to 64 code bytes. In
+/// `transpose` order (the channel kernel) u32 l holds lane l's SUMS codes,
+/// vector 0 lowest; otherwise (the row kernel) vector p's LANES codes are
+/// bytes 16p.. in lane order. Fused multiply-adds where the target has them
+/// natively (aarch64): exact either way.
 #[inline(always)]
-fn depthwise_block(w: &[f32], tile: &[f32], offsets: &[usize], bases: &[usize; PX], rq: &BlockRequant, fma: bool) -> [u32; CH] {
-    let mut acc = [rq.init; PX];
+fn depthwise_block(w: &[f32], tile: &[f32], offsets: &[usize], bases: &[usize; SUMS], rq: &BlockRequant, fma: bool, transpose: bool) -> [u32; LANES] {
+    let mut acc = [rq.init; SUMS];
     for (t, &off) in offsets.iter().enumerate() {
-        let wt: &[f32; CH] = w[t * CH..][..CH].try_into().unwrap();
+        let wt: &[f32; LANES] = w[t * LANES..][..LANES].try_into().unwrap();
         for (a, &base) in acc.iter_mut().zip(bases) {
-            let s: &[f32; CH] = tile[base + off..][..CH].try_into().unwrap();
-            for l in 0..CH {
+            let s: &[f32; LANES] = tile[base + off..][..LANES].try_into().unwrap();
+            for l in 0..LANES {
                 a[l] = if fma { wt[l].mul_add(s[l], a[l]) } else { a[l] + wt[l] * s[l] };
             }
         }
     }
-    let mut codes = [0u32; CH];
+    let mut codes = [0u32; LANES];
     for (p, a) in acc.iter().enumerate() {
-        for l in 0..CH {
+        for l in 0..LANES {
             let v = if rq.folded {
                 a[l]
             } else {
@@ -606,10 +606,20 @@ fn depthwise_block(w: &[f32], tile: &[f32], offsets: &[usize], bases: &[usize; P
                 unsafe { a[l].to_int_unchecked::<i32>() }.wrapping_add(rq.bias[l]) as f32
             };
             let code = round_clamped(v * rq.mult[l], rq.lo, rq.hi) + rq.zero_point;
-            codes[l] |= (code as u32 & 0xff) << (8 * p);
+            let (word, byte) = if transpose { (l, p) } else { ((p * LANES + l) / 4, l % 4) };
+            codes[word] |= (code as u32 & 0xff) << (8 * byte);
         }
     }
     codes
+}
+
+/// Writes the first `dst.len()` code bytes of `words` (each word's bytes low
+/// first); a plain byte copy once inlined.
+#[inline(always)]
+fn put_codes<T: Code>(dst: &mut [T], words: &[u32]) {
+    for (i, d) in dst.iter_mut().enumerate() {
+        *d = T::narrow((words[i / 4] >> (8 * (i % 4))) as u8 as i32);
+    }
 }
 
 #[inline(always)]
@@ -686,14 +696,14 @@ mod simd {
         }
     }
 
-    /// `super::depthwise_block` with the PX × CH sums in eight registers
+    /// `super::depthwise_block` with the SUMS × LANES sums in eight registers
     /// and the requantisation and byte transpose in vectors: LLVM scalarised
     /// the portable form inside the AVX2 body.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn depthwise_block_avx2(w: &[f32], tile: &[f32], offsets: &[usize], bases: &[usize; super::PX], rq: &super::BlockRequant) -> [u32; super::CH] {
+    pub unsafe fn depthwise_block_avx2(w: &[f32], tile: &[f32], offsets: &[usize], bases: &[usize; super::SUMS], rq: &super::BlockRequant, transpose: bool) -> [u32; super::LANES] {
         use std::arch::x86_64::*;
-        const { assert!(super::CH == 16 && super::PX == 4) };
+        const { assert!(super::LANES == 16 && super::SUMS == 4) };
         debug_assert!(offsets.iter().all(|&o| bases.iter().all(|&b| b + o + 16 <= tile.len())) && w.len() >= offsets.len() * 16);
         let (wp, tp) = (w.as_ptr(), tile.as_ptr());
         // SAFETY (all loads and stores below): the caller keeps every base +
@@ -715,11 +725,10 @@ mod simd {
             let magic = _mm256_set1_ps(MAGIC);
             let offset = _mm256_set1_epi32((MAGIC.to_bits() as i32).wrapping_sub(rq.zero_point));
             let byte = _mm256_set1_epi32(0xff);
-            let mut codes = [0u32; 16];
+            let mut c = [_mm256_setzero_si256(); 8];
             for h in 0..2 {
                 let mult = _mm256_loadu_ps(rq.mult.as_ptr().add(8 * h));
                 let bias = _mm256_loadu_si256(rq.bias.as_ptr().add(8 * h) as *const __m256i);
-                let mut packed = _mm256_setzero_si256();
                 for p in 0..4 {
                     let mut v = a[2 * p + h];
                     if !rq.folded {
@@ -727,24 +736,38 @@ mod simd {
                     }
                     // The scalar `requantize`: multiply, clamp, round by the magic number.
                     let v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, mult), lo), hi);
-                    let c = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(v, magic)), offset);
-                    let c = _mm256_and_si256(c, byte);
-                    packed = _mm256_or_si256(packed, match p {
-                        0 => c,
-                        1 => _mm256_slli_epi32::<8>(c),
-                        2 => _mm256_slli_epi32::<16>(c),
-                        _ => _mm256_slli_epi32::<24>(c),
-                    });
+                    let code = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(v, magic)), offset);
+                    // The low byte is the code's bits whether it is u8 or i8.
+                    c[2 * p + h] = _mm256_and_si256(code, byte);
                 }
-                _mm256_storeu_si256(codes.as_mut_ptr().add(8 * h) as *mut __m256i, packed);
+            }
+            let mut codes = [0u32; 16];
+            let o = codes.as_mut_ptr() as *mut __m256i;
+            if transpose {
+                // Lane l of vector p becomes byte p of u32 l.
+                for h in 0..2 {
+                    let (c0, c1, c2, c3) = (c[h], _mm256_slli_epi32::<8>(c[2 + h]), _mm256_slli_epi32::<16>(c[4 + h]), _mm256_slli_epi32::<24>(c[6 + h]));
+                    _mm256_storeu_si256(o.add(h), _mm256_or_si256(_mm256_or_si256(c0, c1), _mm256_or_si256(c2, c3)));
+                }
+            } else {
+                // Each vector's 16 codes to 16 bytes: the packs work within
+                // 128-bit halves, so the dwords are put back in order after.
+                let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+                for half in 0..2 {
+                    let (p0, p1) = (2 * half, 2 * half + 1);
+                    let w0 = _mm256_packs_epi32(c[2 * p0], c[2 * p0 + 1]);
+                    let w1 = _mm256_packs_epi32(c[2 * p1], c[2 * p1 + 1]);
+                    let bytes = _mm256_packus_epi16(w0, w1);
+                    _mm256_storeu_si256(o.add(half), _mm256_permutevar8x32_epi32(bytes, order));
+                }
             }
             codes
         }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    pub unsafe fn depthwise_block_avx2(w: &[f32], tile: &[f32], offsets: &[usize], bases: &[usize; super::PX], rq: &super::BlockRequant) -> [u32; super::CH] {
-        super::depthwise_block(w, tile, offsets, bases, rq, false)
+    pub unsafe fn depthwise_block_avx2(w: &[f32], tile: &[f32], offsets: &[usize], bases: &[usize; super::SUMS], rq: &super::BlockRequant, transpose: bool) -> [u32; super::LANES] {
+        super::depthwise_block(w, tile, offsets, bases, rq, false, transpose)
     }
 
     #[cfg(not(target_arch = "x86_64"))]
@@ -948,12 +971,15 @@ mod timing {
             let (c, x) = conv(g, ci, co, k, s, hw);
             let mut out = vec![0u8; c.geo.cout() * c.geo.pixels()];
             c.run(&x, 1, &mut out);
-            let t = Instant::now();
-            let n = 20;
-            for _ in 0..n {
-                c.run(&x, 1, &mut out);
-            }
-            let ms = t.elapsed().as_secs_f64() * 1e3 / n as f64;
+            // The fastest of many runs: the machine is shared, and only
+            // interference makes a run slower.
+            let ms = (0..40)
+                .map(|_| {
+                    let t = Instant::now();
+                    c.run(&x, 1, &mut out);
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .fold(f64::INFINITY, f64::min);
             let macs = (c.geo.cout() * c.geo.pixels() * c.geo.cin_g * k * k) as f64;
             println!("{name:>20}: {ms:8.3} ms  {:6.2} GMAC/s  ({})", macs / ms / 1e6, c.kernel_name());
         }

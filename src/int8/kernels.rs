@@ -329,17 +329,31 @@ impl QConv {
             let cols = PANEL.min(pixels - panel * PANEL);
             for block in 0..g.cout_g.div_ceil(ROWS) {
                 let a = &a[block * k_pairs * ROWS..][..k_pairs * ROWS];
+                let rows = ROWS.min(g.cout_g - block * ROWS);
+                let first = grp * g.cout_g + block * ROWS;
                 if avx2 {
+                    let rq = &self.requant;
+                    let bias = std::array::from_fn(|r| if r < rows { rq.bias[first + r] } else { 0 });
+                    let mult = std::array::from_fn(|r| if r < rows { rq.mult[first + r] } else { 0.0 });
+                    let (lo, hi) = ((T::MIN - rq.zero_point) as f32, (T::MAX - rq.zero_point) as f32);
                     // SAFETY: `avx2` is only true inside `run_avx2`, entered after detection.
-                    unsafe { simd::tile_avx2(a, b, k_pairs, &mut acc) }
-                } else {
-                    tile_portable(a, b, k_pairs, &mut acc);
+                    let codes = unsafe {
+                        if cols <= PANEL / 2 {
+                            simd::gemm_tile_avx2::<true>(a, b, k_pairs, &bias, &mult, lo, hi, rq.zero_point)
+                        } else {
+                            simd::gemm_tile_avx2::<false>(a, b, k_pairs, &bias, &mult, lo, hi, rq.zero_point)
+                        }
+                    };
+                    for (r, bytes) in codes.chunks_exact(PANEL / 4).enumerate().take(rows) {
+                        put_codes(&mut out[(block * ROWS + r) * pixels + panel * PANEL..][..cols], bytes);
+                    }
+                    continue;
                 }
-                for r in 0..ROWS.min(g.cout_g - block * ROWS) {
+                tile_portable(a, b, k_pairs, &mut acc);
+                for r in 0..rows {
                     let m = block * ROWS + r;
-                    let c = grp * g.cout_g + m;
                     let dst = &mut out[m * pixels + panel * PANEL..][..cols];
-                    self.requant_row(&acc[r * PANEL..][..cols], c, dst);
+                    self.requant_row(&acc[r * PANEL..][..cols], first + r, dst);
                 }
             }
         }
@@ -434,12 +448,7 @@ impl QConv {
                     let at = oh0 * g.wo + q0;
                     for (l, c) in codes.chunks_exact(1).enumerate().take(nch) {
                         let dst = &mut out[(start + l) * g.ho * g.wo + at..];
-                        if n == SUMS {
-                            // A constant length, so one 4-byte store.
-                            put_codes(&mut dst[..SUMS], c);
-                        } else {
-                            put_codes(&mut dst[..n], c);
-                        }
+                        put_codes(&mut dst[..n], c);
                     }
                 }
             }
@@ -614,11 +623,22 @@ fn depthwise_block(w: &[f32], tile: &[f32], offsets: &[usize], bases: &[usize; S
 }
 
 /// Writes the first `dst.len()` code bytes of `words` (each word's bytes low
-/// first); a plain byte copy once inlined.
+/// first). A full run of one block's lanes, or of one channel's SUMS, is
+/// copied at a constant length, which compiles to a single store.
 #[inline(always)]
 fn put_codes<T: Code>(dst: &mut [T], words: &[u32]) {
-    for (i, d) in dst.iter_mut().enumerate() {
-        *d = T::narrow((words[i / 4] >> (8 * (i % 4))) as u8 as i32);
+    #[inline(always)]
+    fn put<T: Code>(dst: &mut [T], words: &[u32]) {
+        for (d, w) in dst.chunks_mut(4).zip(words) {
+            for (d, &b) in d.iter_mut().zip(&w.to_le_bytes()) {
+                *d = T::narrow(b as i32);
+            }
+        }
+    }
+    match dst.len() {
+        LANES => put(&mut dst[..LANES], &words[..LANES / 4]),
+        SUMS => put(&mut dst[..SUMS], &words[..SUMS / 4]),
+        _ => put(dst, words),
     }
 }
 
@@ -662,38 +682,49 @@ mod simd {
         false
     }
 
+    /// The GEMM tile: ROWS channels × PANEL pixels, sums started at the
+    /// bias, requantised in registers to 16 code bytes per channel (as
+    /// `super::depthwise_block`'s row order). `HALF` computes only the first
+    /// 8 pixels, for a last panel that has no more.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    pub unsafe fn tile_avx2(a: &[i32], b: &[i16], k_pairs: usize, acc: &mut [i32; super::ROWS * super::PANEL]) {
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm_tile_avx2<const HALF: bool>(a: &[i32], b: &[i16], k_pairs: usize, bias: &[i32; 4], mult: &[f32; 4], lo: f32, hi: f32, zero_point: i32) -> [u32; 16] {
         use std::arch::x86_64::*;
+        const { assert!(super::ROWS == 4 && super::PANEL == 16) };
         debug_assert!(a.len() >= k_pairs * 4 && b.len() >= k_pairs * 32);
-        let (mut c0, mut c1, mut c2, mut c3) = (_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256());
-        let (mut c4, mut c5, mut c6, mut c7) = (_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256());
+        let mut c = [_mm256_setzero_si256(); 8];
+        for r in 0..4 {
+            c[2 * r] = _mm256_set1_epi32(bias[r]);
+            c[2 * r + 1] = c[2 * r];
+        }
         let (ap, bp) = (a.as_ptr(), b.as_ptr() as *const __m256i);
         for k in 0..k_pairs {
             // SAFETY: k < k_pairs and the slices hold k_pairs·4 i32 and k_pairs·32 i16.
-            let (b0, b1) = unsafe { (_mm256_loadu_si256(bp.add(2 * k)), _mm256_loadu_si256(bp.add(2 * k + 1))) };
-            let w = unsafe { ap.add(4 * k) };
-            let w0 = _mm256_set1_epi32(unsafe { *w });
-            c0 = _mm256_add_epi32(c0, _mm256_madd_epi16(b0, w0));
-            c1 = _mm256_add_epi32(c1, _mm256_madd_epi16(b1, w0));
-            let w1 = _mm256_set1_epi32(unsafe { *w.add(1) });
-            c2 = _mm256_add_epi32(c2, _mm256_madd_epi16(b0, w1));
-            c3 = _mm256_add_epi32(c3, _mm256_madd_epi16(b1, w1));
-            let w2 = _mm256_set1_epi32(unsafe { *w.add(2) });
-            c4 = _mm256_add_epi32(c4, _mm256_madd_epi16(b0, w2));
-            c5 = _mm256_add_epi32(c5, _mm256_madd_epi16(b1, w2));
-            let w3 = _mm256_set1_epi32(unsafe { *w.add(3) });
-            c6 = _mm256_add_epi32(c6, _mm256_madd_epi16(b0, w3));
-            c7 = _mm256_add_epi32(c7, _mm256_madd_epi16(b1, w3));
-        }
-        let o = acc.as_mut_ptr() as *mut __m256i;
-        // SAFETY: acc holds 64 i32 = 8 registers.
-        unsafe {
-            for (i, c) in [c0, c1, c2, c3, c4, c5, c6, c7].into_iter().enumerate() {
-                _mm256_storeu_si256(o.add(i), c);
+            let b0 = unsafe { _mm256_loadu_si256(bp.add(2 * k)) };
+            let b1 = if HALF { b0 } else { unsafe { _mm256_loadu_si256(bp.add(2 * k + 1)) } };
+            for r in 0..4 {
+                let w = _mm256_set1_epi32(unsafe { *ap.add(4 * k + r) });
+                c[2 * r] = _mm256_add_epi32(c[2 * r], _mm256_madd_epi16(b0, w));
+                if !HALF {
+                    c[2 * r + 1] = _mm256_add_epi32(c[2 * r + 1], _mm256_madd_epi16(b1, w));
+                }
             }
         }
+        let mut v = [_mm256_setzero_ps(); 8];
+        let mut m = [_mm256_setzero_ps(); 8];
+        for i in 0..8 {
+            v[i] = _mm256_cvtepi32_ps(c[i]);
+            m[i] = _mm256_set1_ps(mult[i / 2]);
+        }
+        // SAFETY: this function has AVX2.
+        unsafe { requant_pack(v, m, lo, hi, zero_point, false) }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm_tile_avx2<const HALF: bool>(_: &[i32], _: &[i16], _: usize, _: &[i32; 4], _: &[f32; 4], _: f32, _: f32, _: i32) -> [u32; 16] {
+        unreachable!("only called where AVX2 was detected")
     }
 
     /// `super::depthwise_block` with the SUMS × LANES sums in eight registers
@@ -720,26 +751,43 @@ mod simd {
                     a[2 * p + 1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(s.add(8)), a[2 * p + 1]);
                 }
             }
-            let (lo, hi) = (_mm256_set1_ps(rq.lo), _mm256_set1_ps(rq.hi));
-            const MAGIC: f32 = 12_582_912.0;
-            let magic = _mm256_set1_ps(MAGIC);
-            let offset = _mm256_set1_epi32((MAGIC.to_bits() as i32).wrapping_sub(rq.zero_point));
-            let byte = _mm256_set1_epi32(0xff);
-            let mut c = [_mm256_setzero_si256(); 8];
+            let mut v = a;
+            let mut mult = [_mm256_setzero_ps(); 8];
             for h in 0..2 {
-                let mult = _mm256_loadu_ps(rq.mult.as_ptr().add(8 * h));
+                let m = _mm256_loadu_ps(rq.mult.as_ptr().add(8 * h));
                 let bias = _mm256_loadu_si256(rq.bias.as_ptr().add(8 * h) as *const __m256i);
                 for p in 0..4 {
-                    let mut v = a[2 * p + h];
+                    mult[2 * p + h] = m;
                     if !rq.folded {
-                        v = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_cvttps_epi32(v), bias));
+                        v[2 * p + h] = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_cvttps_epi32(v[2 * p + h]), bias));
                     }
-                    // The scalar `requantize`: multiply, clamp, round by the magic number.
-                    let v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, mult), lo), hi);
-                    let code = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(v, magic)), offset);
-                    // The low byte is the code's bits whether it is u8 or i8.
-                    c[2 * p + h] = _mm256_and_si256(code, byte);
                 }
+            }
+            requant_pack(v, mult, rq.lo, rq.hi, rq.zero_point, transpose)
+        }
+    }
+
+    /// Requantises eight vectors of sums (`v[2p]`, `v[2p + 1]`: vector p's
+    /// 16 lanes) to 64 code bytes, in `super::depthwise_block`'s orders.
+    /// Inlined into AVX2 functions only.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn requant_pack(v: [std::arch::x86_64::__m256; 8], mult: [std::arch::x86_64::__m256; 8], lo: f32, hi: f32, zero_point: i32, transpose: bool) -> [u32; 16] {
+        use std::arch::x86_64::*;
+        // SAFETY: called from AVX2 functions; the stores write 64 bytes into `codes`.
+        unsafe {
+            let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+            const MAGIC: f32 = 12_582_912.0;
+            let magic = _mm256_set1_ps(MAGIC);
+            let offset = _mm256_set1_epi32((MAGIC.to_bits() as i32).wrapping_sub(zero_point));
+            let byte = _mm256_set1_epi32(0xff);
+            let mut c = [_mm256_setzero_si256(); 8];
+            for i in 0..8 {
+                // The scalar `requantize`: multiply, clamp, round by the magic number.
+                let x = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v[i], mult[i]), lo), hi);
+                let code = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(x, magic)), offset);
+                // The low byte is the code's bits whether it is u8 or i8.
+                c[i] = _mm256_and_si256(code, byte);
             }
             let mut codes = [0u32; 16];
             let o = codes.as_mut_ptr() as *mut __m256i;
@@ -770,10 +818,6 @@ mod simd {
         super::depthwise_block(w, tile, offsets, bases, rq, false, transpose)
     }
 
-    #[cfg(not(target_arch = "x86_64"))]
-    pub unsafe fn tile_avx2(a: &[i32], b: &[i16], k_pairs: usize, acc: &mut [i32; super::ROWS * super::PANEL]) {
-        super::tile_portable(a, b, k_pairs, acc)
-    }
 }
 
 #[cfg(test)]
@@ -875,6 +919,8 @@ mod tests {
         // Odd depth and channel counts: the padded pair, row block and panel.
         case(2, 1, 13, 7, (1, 1), (1, 1), 1, (0, 0, 0, 0), (5, 5));
         case(3, 1, 96, 40, (1, 1), (1, 1), 1, (0, 0, 0, 0), (14, 14));
+        // 49 pixels: a last panel of one, which the AVX2 tile computes half wide.
+        case(22, 1, 40, 9, (1, 1), (1, 1), 1, (0, 0, 0, 0), (7, 7));
     }
 
     #[test]
@@ -957,6 +1003,9 @@ mod timing {
             ("pw 16->96 @112", 1, 16, 96, 1, 1, 112),
             ("pw 96->24 @56", 1, 96, 24, 1, 1, 56),
             ("pw 480->112 @14", 1, 480, 112, 1, 1, 14),
+            ("pw 24->144 @56", 1, 24, 144, 1, 1, 56),
+            ("pw 192->1152 @7", 1, 192, 1152, 1, 1, 7),
+            ("pw 1152->320 @7", 1, 1152, 320, 1, 1, 7),
             ("stem 3->32 s2 @224", 1, 3, 32, 3, 2, 224),
             // EfficientNet-Lite0's late depthwise layers: many channels, small planes.
             ("dw5 s1 672@14", 672, 1, 1, 5, 1, 14),

@@ -269,18 +269,14 @@ impl QConv {
         let zp = self.x_zero_point;
         let taps = g.kh * g.kw;
         let pointwise = taps == 1 && g.sh == 1 && g.sw == 1 && g.pad_t == 0 && g.pad_l == 0 && g.ho == g.h && g.wo == g.w;
-        for k in 0..g.depth() {
-            let (kp, half) = (k / 2, k % 2);
-            let (c, i, j) = (k / taps, (k % taps) / g.kw, k % g.kw);
-            let plane = &x[c * g.h * g.w..][..g.h * g.w];
-            if pointwise {
-                if half == 1 {
-                    continue;
-                }
-                // Both channels of the pair at once, whole panels first, so
-                // the interleave vectorises.
-                let other = (k + 1 < g.depth()).then(|| &x[(c + 1) * g.h * g.w..][..g.h * g.w]);
-                let full = pixels / PANEL;
+        if pointwise {
+            // Both channels of a pair at once, whole panels first, so the
+            // interleave vectorises.
+            let full = pixels / PANEL;
+            for kp in 0..k_pairs {
+                let c = 2 * kp;
+                let plane = &x[c * g.h * g.w..][..g.h * g.w];
+                let other = (c + 1 < g.depth()).then(|| &x[(c + 1) * g.h * g.w..][..g.h * g.w]);
                 for panel in 0..panels {
                     let dst = &mut packed[(panel * k_pairs + kp) * PANEL * 2..][..PANEL * 2];
                     let n = if panel < full { PANEL } else { pixels - full * PANEL };
@@ -300,20 +296,46 @@ impl QConv {
                         }
                     }
                 }
-                continue;
             }
-            let mut p = 0;
-            for oh in 0..g.ho {
-                let ih = (oh * g.sh + i * g.dh) as isize - g.pad_t as isize;
-                let row = (ih >= 0 && (ih as usize) < g.h).then(|| &plane[ih as usize * g.w..][..g.w]);
-                for ow in 0..g.wo {
-                    let iw = (ow * g.sw + j * g.dw) as isize - g.pad_l as isize;
-                    let v = match row {
-                        Some(row) if iw >= 0 && (iw as usize) < g.w => row[iw as usize].widen() - zp,
-                        _ => 0,
-                    };
-                    packed[((p / PANEL * k_pairs + kp) * PANEL + p % PANEL) * 2 + half] = v as i16;
-                    p += 1;
+            return;
+        }
+        // Panel by panel, so each tap's 16 values land in one contiguous run.
+        // The buffer starts zeroed, so windows outside the image are skipped.
+        for panel in 0..panels {
+            let p0 = panel * PANEL;
+            let n = PANEL.min(pixels - p0);
+            let origin: [(isize, isize); PANEL] = std::array::from_fn(|l| {
+                let p = (p0 + l).min(pixels - 1);
+                ((p / g.wo * g.sh) as isize - g.pad_t as isize, (p % g.wo * g.sw) as isize - g.pad_l as isize)
+            });
+            // All 16 pixels on one output row: each tap reads one strided run.
+            let one_row = n == PANEL && p0 % g.wo + PANEL <= g.wo;
+            let dst = &mut packed[panel * k_pairs * PANEL * 2..][..k_pairs * PANEL * 2];
+            for k in 0..g.depth() {
+                let (c, i, j) = (k / taps, (k % taps) / g.kw, k % g.kw);
+                let plane = &x[c * g.h * g.w..][..g.h * g.w];
+                let dst = &mut dst[(k / 2) * PANEL * 2 + k % 2..][..PANEL * 2 - 1];
+                let (di, dj) = ((i * g.dh) as isize, (j * g.dw) as isize);
+                let (ih, iw) = (origin[0].0 + di, origin[0].1 + dj);
+                let last = iw + ((PANEL - 1) * g.sw) as isize;
+                if one_row && ih >= 0 && (ih as usize) < g.h && iw >= 0 && (last as usize) < g.w {
+                    let src = &plane[ih as usize * g.w + iw as usize..][..last as usize - iw as usize + 1];
+                    match g.sw {
+                        1 => strided_run::<T, 1>(src, dst, zp),
+                        2 => strided_run::<T, 2>(src, dst, zp),
+                        sw => {
+                            for l in 0..PANEL {
+                                dst[2 * l] = (src[l * sw].widen() - zp) as i16;
+                            }
+                        }
+                    }
+                    continue;
+                }
+                for (l, &(oh, ow)) in origin.iter().enumerate().take(n) {
+                    let (ih, iw) = (oh + di, ow + dj);
+                    if ih >= 0 && (ih as usize) < g.h && iw >= 0 && (iw as usize) < g.w {
+                        dst[2 * l] = (plane[ih as usize * g.w + iw as usize].widen() - zp) as i16;
+                    }
                 }
             }
         }
@@ -620,6 +642,17 @@ fn depthwise_block(w: &[f32], tile: &[f32], offsets: &[usize], bases: &[usize; S
         }
     }
     codes
+}
+
+/// One tap's 16 pixels of an im2col panel, every `S`th input: a constant
+/// stride, so the gather vectorises.
+#[inline(always)]
+fn strided_run<T: Code, const S: usize>(src: &[T], dst: &mut [i16], zp: i32) {
+    let src = &src[..(PANEL - 1) * S + 1];
+    let dst = &mut dst[..PANEL * 2 - 1];
+    for l in 0..PANEL {
+        dst[2 * l] = (src[l * S].widen() - zp) as i16;
+    }
 }
 
 /// Writes the first `dst.len()` code bytes of `words` (each word's bytes low
@@ -933,6 +966,12 @@ mod tests {
         case(7, 1, 5, 6, (3, 5), (1, 2), 2, (2, 1, 0, 3), (11, 13));
         // Grouped, neither dense nor depthwise.
         case(8, 4, 3, 5, (3, 3), (1, 1), 1, (1, 1, 1, 1), (9, 8));
+        // Rows of 16 and more outputs: whole panels on one row read each tap
+        // as one strided run (strides 1, 2, 3), the panels across rows and
+        // the image's edges per pixel.
+        case(23, 1, 3, 8, (3, 3), (2, 2), 1, (0, 0, 1, 1), (40, 37));
+        case(24, 2, 3, 5, (3, 3), (1, 1), 1, (1, 1, 1, 1), (5, 35));
+        case(25, 1, 2, 4, (3, 3), (3, 3), 1, (1, 1, 1, 1), (8, 52));
     }
 
     #[test]

@@ -629,12 +629,12 @@ fn depthwise_block(w: &[f32], tile: &[f32], offsets: &[usize], bases: &[usize; S
     }
     let mut codes = [0u32; LANES];
     for (p, a) in acc.iter().enumerate() {
-        for l in 0..LANES {
+        for (l, &a) in a.iter().enumerate() {
             let v = if rq.folded {
-                a[l]
+                a
             } else {
-                // SAFETY: a[l] is an integer below 2^24 (the kernel's precondition).
-                unsafe { a[l].to_int_unchecked::<i32>() }.wrapping_add(rq.bias[l]) as f32
+                // SAFETY: a is an integer below 2^24 (the kernel's precondition).
+                unsafe { a.to_int_unchecked::<i32>() }.wrapping_add(rq.bias[l]) as f32
             };
             let code = round_clamped(v * rq.mult[l], rq.lo, rq.hi) + rq.zero_point;
             let (word, byte) = if transpose { (l, p) } else { ((p * LANES + l) / 4, l % 4) };

@@ -807,30 +807,22 @@ mod simd {
     #[inline(always)]
     unsafe fn requant_pack(v: [std::arch::x86_64::__m256; 8], mult: [std::arch::x86_64::__m256; 8], lo: f32, hi: f32, zero_point: i32, transpose: bool) -> [u32; 16] {
         use std::arch::x86_64::*;
+        // The code type is signed (i8) when its least code, lo + zero point, is negative.
+        let signed = lo + (zero_point as f32) < 0.0;
         // SAFETY: called from AVX2 functions; the stores write 64 bytes into `codes`.
         unsafe {
-            let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-            const MAGIC: f32 = 12_582_912.0;
-            let magic = _mm256_set1_ps(MAGIC);
-            let offset = _mm256_set1_epi32((MAGIC.to_bits() as i32).wrapping_sub(zero_point));
-            let byte = _mm256_set1_epi32(0xff);
-            let mut c = [_mm256_setzero_si256(); 8];
-            for i in 0..8 {
-                // The scalar `requantize`: multiply, clamp, round by the magic number.
-                let x = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v[i], mult[i]), lo), hi);
-                let code = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(x, magic)), offset);
-                // The low byte is the code's bits whether it is u8 or i8.
-                c[i] = _mm256_and_si256(code, byte);
-            }
             let mut codes = [0u32; 16];
             let o = codes.as_mut_ptr() as *mut __m256i;
-            if transpose {
-                // Lane l of vector p becomes byte p of u32 l.
-                for h in 0..2 {
-                    let (c0, c1, c2, c3) = (c[h], _mm256_slli_epi32::<8>(c[2 + h]), _mm256_slli_epi32::<16>(c[4 + h]), _mm256_slli_epi32::<24>(c[6 + h]));
-                    _mm256_storeu_si256(o.add(h), _mm256_or_si256(_mm256_or_si256(c0, c1), _mm256_or_si256(c2, c3)));
+            let mut c = [_mm256_setzero_si256(); 8];
+            if !transpose {
+                // Round with the conversion (round half to even, the default
+                // mode) and clamp with the saturating packs: the same codes as
+                // clamping first, since the bounds are integers. Capped below
+                // 2^31 first, where the conversion would give i32::MIN.
+                let (cap, zp) = (_mm256_set1_ps(1_073_741_824.0), _mm256_set1_epi32(zero_point));
+                for i in 0..8 {
+                    c[i] = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_min_ps(_mm256_mul_ps(v[i], mult[i]), cap)), zp);
                 }
-            } else {
                 // Each vector's 16 codes to 16 bytes: the packs work within
                 // 128-bit halves, so the dwords are put back in order after.
                 let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
@@ -838,9 +830,27 @@ mod simd {
                     let (p0, p1) = (2 * half, 2 * half + 1);
                     let w0 = _mm256_packs_epi32(c[2 * p0], c[2 * p0 + 1]);
                     let w1 = _mm256_packs_epi32(c[2 * p1], c[2 * p1 + 1]);
-                    let bytes = _mm256_packus_epi16(w0, w1);
+                    let bytes = if signed { _mm256_packs_epi16(w0, w1) } else { _mm256_packus_epi16(w0, w1) };
                     _mm256_storeu_si256(o.add(half), _mm256_permutevar8x32_epi32(bytes, order));
                 }
+                return codes;
+            }
+            let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+            const MAGIC: f32 = 12_582_912.0;
+            let magic = _mm256_set1_ps(MAGIC);
+            let offset = _mm256_set1_epi32((MAGIC.to_bits() as i32).wrapping_sub(zero_point));
+            let byte = _mm256_set1_epi32(0xff);
+            for i in 0..8 {
+                // The scalar `requantize`: multiply, clamp, round by the magic number.
+                let x = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v[i], mult[i]), lo), hi);
+                let code = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(x, magic)), offset);
+                // The low byte is the code's bits whether it is u8 or i8.
+                c[i] = _mm256_and_si256(code, byte);
+            }
+            // Lane l of vector p becomes byte p of u32 l.
+            for h in 0..2 {
+                let (c0, c1, c2, c3) = (c[h], _mm256_slli_epi32::<8>(c[2 + h]), _mm256_slli_epi32::<16>(c[4 + h]), _mm256_slli_epi32::<24>(c[6 + h]));
+                _mm256_storeu_si256(o.add(h), _mm256_or_si256(_mm256_or_si256(c0, c1), _mm256_or_si256(c2, c3)));
             }
             codes
         }
@@ -997,6 +1007,11 @@ mod tests {
         // i32 after them. Both depthwise kernels, wide and narrow planes.
         case_scaled(18, 19, 1, 1, (3, 3), (1, 1), 1, (1, 1, 1, 1), (9, 21), 1 << 28, (1 << 20, 1 << 21));
         case_scaled(19, 21, 1, 1, (5, 5), (2, 2), 1, (2, 2, 2, 2), (13, 9), 1 << 28, (1 << 20, 1 << 21));
+        // Scaled values near ±2^30, where the AVX2 rounding caps before
+        // converting: GEMM, row and channel kernels.
+        case_scaled(26, 1, 8, 8, (1, 1), (1, 1), 1, (0, 0, 0, 0), (4, 5), (1 << 30) - 1, (1, 1));
+        case_scaled(27, 17, 1, 1, (3, 3), (1, 1), 1, (1, 1, 1, 1), (3, 20), (1 << 30) - 1, (1, 1));
+        case_scaled(28, 17, 1, 1, (3, 3), (1, 1), 1, (1, 1, 1, 1), (5, 5), (1 << 30) - 1, (1, 1));
         // Multipliers this large drive most codes to either end of the range.
         case_scaled(20, 18, 1, 1, (3, 3), (1, 1), 1, (1, 1, 1, 1), (10, 40), 5000, (1, 4));
         case_scaled(21, 18, 1, 1, (5, 5), (1, 1), 1, (2, 2, 2, 2), (6, 6), 5000, (1, 4));

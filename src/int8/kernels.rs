@@ -725,7 +725,8 @@ mod simd {
     pub unsafe fn gemm_tile_avx2<const HALF: bool>(a: &[i32], b: &[i16], k_pairs: usize, bias: &[i32; 4], mult: &[f32; 4], lo: f32, hi: f32, zero_point: i32) -> [u32; 16] {
         use std::arch::x86_64::*;
         const { assert!(super::ROWS == 4 && super::PANEL == 16) };
-        debug_assert!(a.len() >= k_pairs * 4 && b.len() >= k_pairs * 32);
+        // Checked in release too: one compare per tile keeps the raw loads below sound.
+        assert!(a.len() >= k_pairs * 4 && b.len() >= k_pairs * 32);
         let mut c = [_mm256_setzero_si256(); 8];
         for r in 0..4 {
             c[2 * r] = _mm256_set1_epi32(bias[r]);
@@ -768,11 +769,14 @@ mod simd {
     pub unsafe fn depthwise_block_avx2(w: &[f32], tile: &[f32], offsets: &[usize], bases: &[usize; super::SUMS], rq: &super::BlockRequant, transpose: bool) -> [u32; super::LANES] {
         use std::arch::x86_64::*;
         const { assert!(super::LANES == 16 && super::SUMS == 4) };
-        debug_assert!(offsets.iter().all(|&o| bases.iter().all(|&b| b + o + 16 <= tile.len())) && w.len() >= offsets.len() * 16);
+        // Checked in release too (a few compares per 64 outputs), so the raw
+        // loads below stay in bounds whatever a caller computes.
+        let reach = offsets.iter().copied().max().unwrap_or(0) + 16;
+        assert!(bases.iter().all(|&b| b + reach <= tile.len()) && w.len() >= offsets.len() * 16);
         let (wp, tp) = (w.as_ptr(), tile.as_ptr());
-        // SAFETY (all loads and stores below): the caller keeps every base +
-        // offset + 16 within the tile, w holds 16 f32 per tap, and the
-        // requantisation arrays hold 16 lanes.
+        // SAFETY (all loads and stores below): every base + offset + 16 lies
+        // within the tile and w holds 16 f32 per tap (asserted above), and the
+        // requantisation arrays hold 16 lanes (their type).
         unsafe {
             let (i0, i1) = (_mm256_loadu_ps(rq.init.as_ptr()), _mm256_loadu_ps(rq.init.as_ptr().add(8)));
             let mut a = [i0, i1, i0, i1, i0, i1, i0, i1];

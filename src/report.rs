@@ -525,12 +525,31 @@ pub fn default_normalisation(runs: &[Run]) -> Normalisation {
 }
 
 pub fn build(dirs: &[PathBuf], norm: Option<Normalisation>, weights: Weights, opts: &EvalOptions) -> Result<Report> {
-    let runs = dirs.iter().map(|d| Run::load(d)).collect::<Result<Vec<_>>>()?;
-    let results = runs.iter().map(|r| evaluate(r, opts)).collect::<Result<Vec<_>>>()?;
+    let runs = on_all_cores(dirs, |d| Run::load(d))?;
+    let results = on_all_cores(&runs, |r| evaluate(r, opts))?;
     let normalisation = norm.unwrap_or_else(|| default_normalisation(&runs));
     let values: Vec<Values> = results.iter().map(|r| r.values).collect();
     let scored = quba::score(&values, normalisation, &weights);
     Ok(Report { runs, results, normalisation, weights, scored })
+}
+
+/// `f` of every item, in input order, on all cores. A report over a cohort
+/// the study's size (326 models) is bound by each model's bootstrap
+/// intervals, which depend on that model's records and the seed alone, so
+/// the results are the same in any order. The first failure in input order
+/// is the error.
+fn on_all_cores<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<R> + Sync) -> Result<Vec<R>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = items.len().div_ceil(cores).max(1);
+    let f = &f;
+    std::thread::scope(|s| {
+        let parts: Vec<_> = items.chunks(per).map(|part| s.spawn(move || part.iter().map(f).collect::<Result<Vec<R>>>())).collect();
+        let mut out = Vec::with_capacity(items.len());
+        for part in parts {
+            out.extend(part.join().map_err(|_| anyhow::anyhow!("a report thread panicked"))??);
+        }
+        Ok(out)
+    })
 }
 
 fn opt(v: Option<f64>) -> Value {

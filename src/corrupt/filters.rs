@@ -174,10 +174,10 @@ pub fn clipped_zoom(src: &[f64], w: usize, h: usize, ch: usize, z: f64, crop: bo
     (out, ow, oh)
 }
 
-/// `imagecorruptions._motion_blur`: `2r+1` copies of the image shifted
-/// along the angle (edges replicated), weighted by a half-Gaussian of σ.
-/// Stops, as the reference, once a shift reaches the image size.
-pub fn motion_blur(src: &[f64], w: usize, h: usize, ch: usize, radius: usize, sigma: f64, angle_deg: f64) -> Vec<f64> {
+/// `imagecorruptions._motion_blur`'s taps: `2r+1` shifts `(dy, dx)` along
+/// the angle, weighted by a half-Gaussian of σ and normalised. Stops, as the
+/// reference, once a shift reaches the image size.
+fn motion_taps(w: usize, h: usize, radius: usize, sigma: f64, angle_deg: f64) -> Vec<(f64, isize, isize)> {
     let width = 2 * radius + 1;
     let g: Vec<f64> = (0..width)
         .map(|i| libm::exp(-((i * i) as f64) / (2.0 * (sigma * sigma))) / (libm::sqrt(2.0 * std::f64::consts::PI) * sigma))
@@ -186,14 +186,18 @@ pub fn motion_blur(src: &[f64], w: usize, h: usize, ch: usize, radius: usize, si
     let rad = angle_deg * (std::f64::consts::PI / 180.0);
     let (py, px) = (width as f64 * libm::sin(rad), width as f64 * libm::cos(rad));
     let hyp = libm::hypot(py, px);
+    g.iter()
+        .enumerate()
+        .map(|(i, gi)| (gi / z, -(((i as f64 * py) / hyp) - 0.5).ceil() as isize, -(((i as f64 * px) / hyp) - 0.5).ceil() as isize))
+        .take_while(|&(_, dy, dx)| dy.unsigned_abs() < h && dx.unsigned_abs() < w)
+        .collect()
+}
+
+/// `imagecorruptions._motion_blur`: the sum of the image shifted by each of
+/// [`motion_taps`] (edges replicated), times its weight, in tap order.
+pub fn motion_blur(src: &[f64], w: usize, h: usize, ch: usize, radius: usize, sigma: f64, angle_deg: f64) -> Vec<f64> {
     let mut out = vec![0.0; src.len()];
-    for (i, gi) in g.iter().enumerate() {
-        let k = gi / z;
-        let dy = -(((i as f64 * py) / hyp) - 0.5).ceil() as isize;
-        let dx = -(((i as f64 * px) / hyp) - 0.5).ceil() as isize;
-        if dy.unsigned_abs() >= h || dx.unsigned_abs() >= w {
-            break;
-        }
+    for (k, dy, dx) in motion_taps(w, h, radius, sigma, angle_deg) {
         // Columns `lo..hi` read a shifted contiguous run of the source row;
         // those left and right of it read the replicated edge pixel. Split
         // so, the inner loop is a plain axpy the compiler vectorises (snow
@@ -359,27 +363,14 @@ mod tests {
         // The definition, one clamped source index per output: what
         // motion_blur computed before its rows were split into runs.
         fn gather(src: &[f64], w: usize, h: usize, ch: usize, radius: usize, sigma: f64, angle: f64) -> Vec<f64> {
-            let width = 2 * radius + 1;
-            let g: Vec<f64> = (0..width)
-                .map(|i| libm::exp(-((i * i) as f64) / (2.0 * (sigma * sigma))) / (libm::sqrt(2.0 * std::f64::consts::PI) * sigma))
-                .collect();
-            let z: f64 = g.iter().sum();
-            let rad = angle * (std::f64::consts::PI / 180.0);
-            let (py, px) = (width as f64 * libm::sin(rad), width as f64 * libm::cos(rad));
-            let hyp = libm::hypot(py, px);
             let mut out = vec![0.0; src.len()];
-            for (i, gi) in g.iter().enumerate() {
-                let dy = -(((i as f64 * py) / hyp) - 0.5).ceil() as isize;
-                let dx = -(((i as f64 * px) / hyp) - 0.5).ceil() as isize;
-                if dy.unsigned_abs() >= h || dx.unsigned_abs() >= w {
-                    break;
-                }
+            for (k, dy, dx) in motion_taps(w, h, radius, sigma, angle) {
                 for y in 0..h {
                     let sy = (y as isize - dy).clamp(0, h as isize - 1) as usize;
                     for x in 0..w {
                         let sx = (x as isize - dx).clamp(0, w as isize - 1) as usize;
                         for c in 0..ch {
-                            out[(y * w + x) * ch + c] += gi / z * src[(sy * w + sx) * ch + c];
+                            out[(y * w + x) * ch + c] += k * src[(sy * w + sx) * ch + c];
                         }
                     }
                 }

@@ -55,8 +55,7 @@ impl Engine {
         // facts come first, from the file as written (fusion turns QDQ into
         // QLinearConv nodes).
         let mut proto = read_proto(path)?;
-        let graph = proto.graph.as_ref().with_context(|| format!("{}: ONNX file has no graph", path.display()))?;
-        let facts = facts_of_graph(graph);
+        let facts = facts_of_proto(&proto, path)?;
         let onnx = match backend {
             Backend::TractCpu => crate::int8::onnx(),
             Backend::TractCuda | Backend::TractPlain => tract_onnx::onnx(),
@@ -157,7 +156,10 @@ impl Engine {
 /// Parameters and precision straight from the protobuf, so they do not depend
 /// on what tract's optimiser folds.
 pub fn read_facts(path: &Path) -> Result<OnnxFacts> {
-    let proto = read_proto(path)?;
+    facts_of_proto(&read_proto(path)?, path)
+}
+
+fn facts_of_proto(proto: &pb::ModelProto, path: &Path) -> Result<OnnxFacts> {
     let graph = proto.graph.as_ref().with_context(|| format!("{}: ONNX file has no graph", path.display()))?;
     Ok(facts_of_graph(graph))
 }

@@ -5,7 +5,7 @@ For every model: 32 inputs (16 synthetic val images + 16 uniform-noise
 images, normalised with the model's sidecar pipeline), d(sum CE)/d(input)
 from `quba grad run` (tract) and from scripts/grad_torch.py (torch float64),
 cosine per input. Writes the table between the PARITY markers of
-docs/gradients.md and, with --fixture, the small fixture tests/grad_parity.rs
+docs/gradients.md and, with --fixture, the small fixture tests/it/grad_parity.rs
 checks without torch.
 
     .venv-grad/bin/python scripts/grad_parity.py --quba target/debug/quba [--fixture]

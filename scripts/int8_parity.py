@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reference outputs for quba's integer int8 path (src/int8, docs/int8.md).
 
-Writes tests/data/int8/, read by tests/int8_parity.rs:
+Writes tests/data/int8/, read by tests/it/int8_parity.rs:
 
 - chain{7,8}.{qdq,qop}.onnx: one small network of quantised convolutions
   covering every case the kernels distinguish (a padded stride-2 stem,
@@ -19,7 +19,7 @@ Writes tests/data/int8/, read by tests/int8_parity.rs:
     written: DequantizeLinear, f32 Conv, QuantizeLinear).
 
 The images come from a generator simple enough to write identically in Rust
-(tests/int8_parity.rs: `images`): a 64-bit LCG fills an 8x8 grid of bytes per
+(tests/it/int8_parity.rs: `images`): a 64-bit LCG fills an 8x8 grid of bytes per
 channel, upsampled by nearest neighbour with a diagonal ramp, normalised in
 f32 with mean 0.5 and std 0.25 (the zoo's pipeline). Every operation is exact
 in f32, so both sides feed bit-identical tensors.
@@ -46,7 +46,7 @@ MASK = (1 << 64) - 1
 
 
 def images(count, side):
-    """The shared generator; tests/int8_parity.rs `images` is its twin."""
+    """The shared generator; tests/it/int8_parity.rs `images` is its twin."""
     out = np.zeros((count, 3, side, side), np.float32)
     state = 0x9E3779B97F4A7C15
     for n in range(count):
@@ -253,7 +253,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="compare with the committed fixtures instead of writing them")
     ap.add_argument("--lite0", metavar="DIR", help="instead: onnxruntime's logits for the EfficientNet-Lite0 int8 files in DIR "
-                    "(scripts/make_efficientnet_lite0.py), written to --lite0-out for tests/int8_parity.rs's ignored test")
+                    "(scripts/make_efficientnet_lite0.py), written to --lite0-out for tests/it/int8_parity.rs's ignored test")
     ap.add_argument("--lite0-out", default="/tmp/lite0-int8-reference.json")
     a = ap.parse_args()
     if a.lite0:

@@ -1,4 +1,4 @@
-"""Writes the malformed-model fixtures of tests/spine.rs (bad_inputs_get_clear_errors).
+"""Writes the malformed-model fixtures of tests/it/spine.rs (bad_inputs_get_clear_errors).
 
 `tests/data/bad/not-a-classifier.onnx`: a valid ONNX graph whose output is an
 image ([N,3,32,32], a 1×1 convolution), not a class vector — the engine must

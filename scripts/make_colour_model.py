@@ -1,6 +1,6 @@
 """Writes tests/data/colour/colour-1000.onnx: a 1000-class "ImageNet" model
 whose decision is known from the image alone, for the dataset-layout tests
-(tests/datasets.rs).
+(tests/it/datasets.rs).
 
 Class j owns the colour R = 8·(j mod 32) + 4, G = 8·(j div 32) + 4 (B free).
 The model averages each channel (GlobalAveragePool) and scores every class by

@@ -1,4 +1,4 @@
-"""Pillow references for our resize + centre crop (tests/pil_resize.rs).
+"""Pillow references for our resize + centre crop (tests/it/pil_resize.rs).
 
 torchvision's PIL path calls `Image.resize((w, h), BICUBIC|BILINEAR)` then
 crops at int(round((h - crop) / 2)); we write the source images and Pillow's

@@ -1,5 +1,5 @@
 """Independent numpy computation of the dataset mappings of PROTOCOL.md, on
-random probability matrices, for tests/mapping_parity.rs:
+random probability matrices, for tests/it/mapping_parity.rs:
 
 - model-vs-human 16 categories: category score = mean of its member classes'
   probabilities (sixteen_class_mapping.json), decision = argmax;

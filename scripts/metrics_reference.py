@@ -1,7 +1,7 @@
 """Independent numpy reference for ECE, ACE and class balance.
 
 Written from the definitions, not from our Rust code, so the parity test
-(tests/metrics_parity.rs) compares two implementations:
+(tests/it/metrics_parity.rs) compares two implementations:
 
 - ECE (Guo et al. 2017, "On Calibration of Modern Neural Networks"; PROTOCOL.md
   item 5): confidence = max probability, prediction = first argmax; 15

@@ -368,9 +368,7 @@ fn abbreviate(items: &[String]) -> String {
     }
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use quba_common::hex;
 
 pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;

@@ -2,40 +2,39 @@
 //! ships on — the nine QUBA dimensions, measured on the board, computed on
 //! the host.
 //!
-//! The device side (`protocol`, `data`, `engine`, `suite`, `transport`) is
-//! what `quba-device` links; the host side adds `report` and the table reader
-//! in `quba` behind the `host` feature. `metrics` and `quba` are pure and
-//! build everywhere (the device needs softmax and argmax).
+//! This crate is the device side, what `quba-device` links:
+//! - input: [`data`] (dataset layouts, decoding, the input pipeline),
+//!   [`synth`] (the synthetic benchmark, rendered in memory), [`corrupt`]
+//!   (the 15 corruptions × 5 severities);
+//! - the model: [`engine`] (tract, fp32 and int8), [`int8`] (quba's integer
+//!   kernels), [`cuda`] (`--backend cuda`), [`grad`] (the gradient program),
+//!   [`attack`] (FGSM, PGD), [`bench`] (timing the engine alone);
+//! - the run: [`suite`] (which probes, sharding, resume, the run loop) and
+//!   [`transport`] (where the frames go).
+//!
+//! The other crates of the workspace:
+//! - `quba-wire` ([`protocol`]): the stream's messages and framing;
+//! - `quba-common`: metrics and benchmark mappings, used on both sides
+//!   (re-exported here as [`metrics`] and [`benchmark`]);
+//! - `quba-host`: ingest, reports, QUBA, comparisons, boards — no tract. This
+//!   crate depends on it only with the `host` feature, for [`eval`] (the host
+//!   driving device runs) and the `quba` binary; the device binary is built
+//!   without it.
 
+pub mod attack;
 pub mod bench;
-pub mod benchmark;
 pub mod corrupt;
 pub mod cuda;
-pub mod attack;
 pub mod data;
 pub mod engine;
+#[cfg(feature = "host")]
+pub mod eval;
 pub mod grad;
 pub mod int8;
-pub mod metrics;
-/// The wire format, in its own crate (`crates/quba-wire`).
-pub use quba_wire as protocol;
-pub mod quba;
-#[cfg(feature = "host")]
-pub mod progress;
-#[cfg(feature = "host")]
-pub mod report;
-#[cfg(feature = "host")]
-pub mod compare;
-#[cfg(feature = "host")]
-pub mod board;
-#[cfg(feature = "host")]
-pub mod deploy;
-#[cfg(feature = "host")]
-pub mod export;
-#[cfg(feature = "host")]
-pub mod html;
-#[cfg(feature = "host")]
-pub mod merge;
 pub mod suite;
 pub mod synth;
 pub mod transport;
+
+pub use quba_common::{benchmark, metrics};
+/// The wire format, in its own crate (`crates/quba-wire`).
+pub use quba_wire as protocol;

@@ -26,7 +26,7 @@ use crate::protocol::{
     Stage, MAX_CLASSES, PROTOCOL_VERSION,
 };
 use crate::synth::Split;
-use crate::transport::Keys;
+use quba_common::Keys;
 
 /// The target triple this binary was built for (set by build.rs).
 pub const TARGET: &str = env!("QUBA_TARGET");

@@ -64,26 +64,7 @@ use rand::RngCore;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-/// Shape classes, sorted so the index equals the ImageFolder label. No name
-/// contains `-` or a digit, so cue-conflict file names parse unambiguously.
-pub const CLASSES: [&str; 16] = [
-    "arrow",
-    "bowtie",
-    "crescent",
-    "cross",
-    "diamond",
-    "disc",
-    "heart",
-    "hexagon",
-    "house",
-    "lshape",
-    "ring",
-    "square",
-    "star",
-    "trapezoid",
-    "triangle",
-    "tshape",
-];
+pub use quba_common::benchmark::SYNTH_CLASSES as CLASSES;
 
 pub const GENERATOR_VERSION: u32 = 1;
 

@@ -9,8 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
-use quba_edge::protocol::{decode_all, FrameEncoder, Message};
-use quba_edge::transport::{Manifest, ManifestFile, LOG_FILE};
+use quba_host::protocol::{decode_all, FrameEncoder, Message};
+use quba_host::ingest::{Manifest, ManifestFile, LOG_FILE};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();

@@ -6,14 +6,10 @@
 //! the same test runs the model on the GPU and checks that the header says
 //! where its nodes ran and that the decisions agree with the CPU run.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::util::*;
 
 fn has_nvidia_driver() -> bool {
     std::path::Path::new("/proc/driver/nvidia/version").exists()

@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
+#[derive(Clone, Debug)]
 pub struct Ssh {
     pub dest: String,
     /// Extra ssh arguments (port, identity, options), before the destination.

@@ -34,14 +34,14 @@ pub struct Board {
 }
 
 const SHIPPED: [(&str, &str); 8] = [
-    ("pi3-armv7", include_str!("../targets/pi3-armv7.json")),
-    ("pi3-aarch64", include_str!("../targets/pi3-aarch64.json")),
-    ("pi4", include_str!("../targets/pi4.json")),
-    ("pi5", include_str!("../targets/pi5.json")),
-    ("jetson-nano", include_str!("../targets/jetson-nano.json")),
-    ("jetson-orin-nano", include_str!("../targets/jetson-orin-nano.json")),
-    ("qemu-aarch64", include_str!("../targets/qemu-aarch64.json")),
-    ("qemu-armv7", include_str!("../targets/qemu-armv7.json")),
+    ("pi3-armv7", include_str!("../../../targets/pi3-armv7.json")),
+    ("pi3-aarch64", include_str!("../../../targets/pi3-aarch64.json")),
+    ("pi4", include_str!("../../../targets/pi4.json")),
+    ("pi5", include_str!("../../../targets/pi5.json")),
+    ("jetson-nano", include_str!("../../../targets/jetson-nano.json")),
+    ("jetson-orin-nano", include_str!("../../../targets/jetson-orin-nano.json")),
+    ("qemu-aarch64", include_str!("../../../targets/qemu-aarch64.json")),
+    ("qemu-armv7", include_str!("../../../targets/qemu-armv7.json")),
 ];
 
 /// The device binary runs on these; anything else in a profile is a typo.
@@ -133,7 +133,7 @@ mod tests {
     /// Every file in targets/ is shipped, and every shipped profile parses.
     #[test]
     fn shipped_profiles_match_the_folder() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../targets");
         let mut files: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())

@@ -9,22 +9,11 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use serde_json::Value;
+use crate::util::*;
 
-const QUBA: &str = env!("CARGO_BIN_EXE_quba");
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Markup in a model name: the page must show it as text, never run it.
 const HOSTILE_NAME: &str = "cnn<script>document.title='pwned'</script>&\"x\"";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("quba-html-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("spawn");
@@ -47,7 +36,7 @@ struct Runs {
 fn runs() -> &'static Runs {
     static RUNS: OnceLock<Runs> = OnceLock::new();
     RUNS.get_or_init(|| {
-        let t = tmp("runs");
+        let t = tmp!("runs");
         let models = t.join("models");
         std::fs::create_dir_all(&models).unwrap();
         let mut args: Vec<PathBuf> = Vec::new();
@@ -113,7 +102,7 @@ fn same(csv: Option<f64>, json: Option<f64>, what: &str) {
 #[test]
 fn csv_holds_results_json_numbers_one_row_per_run() {
     let r = runs();
-    let out = tmp("csv").join("out.csv");
+    let out = tmp!("csv").join("out.csv");
     ok(Command::new(QUBA).arg("report").args(&r.dirs).args(["--bootstrap", "20", "--csv"]).arg(&out));
     let json = results(r);
     let models = json["models"].as_array().unwrap();
@@ -172,7 +161,7 @@ fn no_script_errors(log: &str) {
 #[test]
 fn browser_draws_every_chart_without_script_errors() {
     let r = runs();
-    let t = tmp("browser");
+    let t = tmp!("browser");
     let page = t.join("report.html");
     ok(Command::new(QUBA).arg("report").args(&r.dirs).args(["--bootstrap", "20", "--html"]).arg(&page));
     let html = std::fs::read_to_string(&page).unwrap();

@@ -5,10 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::util::*;
 
 const NAMES: [&str; 15] = [
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "snow",
@@ -18,7 +15,7 @@ const NAMES: [&str; 15] = [
 #[test]
 fn every_corruption_is_byte_identical_on_aarch64() {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
-    let bin = quba_edge::board::cross_device_binary(&target_dir, "aarch64-unknown-linux-gnu");
+    let bin = quba_host::board::cross_device_binary(&target_dir, "aarch64-unknown-linux-gnu");
     if !bin.exists() {
         assert!(std::env::var("QUBA_REQUIRE_ARM").is_err(), "QUBA_REQUIRE_ARM is set but {} is missing", bin.display());
         eprintln!("skipping: {} not built", bin.display());

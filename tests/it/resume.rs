@@ -13,22 +13,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use quba_edge::protocol::{decode_all, FrameEncoder, Message};
-use quba_edge::report::Run;
+use quba_host::report::Run;
 use serde_json::Value;
-
-const QUBA: &str = env!("CARGO_BIN_EXE_quba");
-const DEVICE: &str = env!("CARGO_BIN_EXE_quba-device");
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("quba-resume-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use crate::util::*;
 
 fn check(out: Output, what: &str) -> Output {
     assert!(out.status.success(), "{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
@@ -93,7 +80,7 @@ impl Lcg {
 
 #[test]
 fn killed_at_random_points_then_resumed_equals_the_uninterrupted_run() {
-    let t = tmp("kill");
+    let t = tmp!("kill");
     let whole = fresh(&t.join("whole"), "0").spawn().unwrap();
 
     let runs = t.join("killed");
@@ -211,7 +198,7 @@ fn killed_at_random_points_then_resumed_equals_the_uninterrupted_run() {
 
 #[test]
 fn resume_refuses_what_it_cannot_continue() {
-    let t = tmp("refuse");
+    let t = tmp!("refuse");
     // A run received by `quba ingest` has no launch arguments to repeat.
     let dir = t.join("ingested");
     let dev = Command::new(DEVICE)
@@ -246,7 +233,7 @@ fn resume_refuses_what_it_cannot_continue() {
     args[seed + 1] = "4".into();
     std::fs::write(d.join("manifest.json"), serde_json::to_string(&m).unwrap()).unwrap();
     // Reopening cuts a torn tail, if the kill left one; then nothing may change.
-    drop(quba_edge::transport::RunLog::reopen(&d).unwrap());
+    drop(quba_host::ingest::RunLog::reopen(&d).unwrap());
     let kept = std::fs::metadata(d.join("records.qlog")).unwrap().len();
     let out = eval(&runs, &["--resume", d.to_str().unwrap()]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -261,7 +248,7 @@ fn resume_refuses_what_it_cannot_continue() {
 /// and leaves no run behind.
 #[test]
 fn eight_concurrent_streams_one_of_them_garbage() {
-    let t = tmp("listen");
+    let t = tmp!("listen");
     let runs = t.join("runs");
     let mut host = Command::new(QUBA)
         .args(["listen", "--bind", "127.0.0.1:0", "--token", "fleet-token", "--streams", "8", "--max-connections", "8", "--runs-dir"])
@@ -305,7 +292,7 @@ fn eight_concurrent_streams_one_of_them_garbage() {
     assert_eq!(dirs.len(), 7, "one run per real board, none for the garbage: {dirs:?}");
     let runs: Vec<Run> = dirs.iter().map(|d| Run::load(d).unwrap()).collect();
     for r in &runs {
-        assert_eq!(r.status, quba_edge::transport::RunStatus::Complete, "{}", r.dir.display());
+        assert_eq!(r.status, quba_host::ingest::RunStatus::Complete, "{}", r.dir.display());
         assert_eq!(r.records.len(), 120, "{}", r.dir.display());
         // Same model and images on every board: the same records.
         assert_eq!(r.records, runs[0].records, "{}", r.dir.display());

@@ -2,8 +2,8 @@
 //! dimensions, their study constants and default weights, and the score that
 //! folds them into one number (PROTOCOL.md, "QUBA").
 //!
-//! `score` is pure and builds everywhere; `read_table`, the reader for the
-//! study's published 326-model table layout, needs the `host` feature (csv).
+//! `score` is pure; `read_table` reads the study's published 326-model
+//! table layout.
 //!
 //! Normalisation is always explicit. The study's mean/std constants describe
 //! ImageNet-1k backbones as the study measured them; for any other benchmark
@@ -357,7 +357,6 @@ pub fn score(rows: &[Values], norm: Normalisation, weights: &Weights) -> Vec<Sco
 }
 
 /// One row of the study's table layout.
-#[cfg(feature = "host")]
 #[derive(Clone, Debug, PartialEq)]
 pub struct TableRow {
     /// The `Id` column; unique (model names repeat across training variants).
@@ -373,7 +372,6 @@ pub struct TableRow {
 /// value; anything else that is not a finite number is an error naming the
 /// file, the row's Id and the column, since a silently dropped value would
 /// silently drop the model's QUBA. Ids must be present and unique.
-#[cfg(feature = "host")]
 pub fn read_table(path: &std::path::Path) -> anyhow::Result<Vec<TableRow>> {
     use anyhow::{bail, Context};
     let file = path.display();
@@ -709,13 +707,12 @@ mod tests {
         assert!(score(&[], Normalisation::Cohort, &Weights::default()).is_empty());
     }
 
-    #[cfg(feature = "host")]
-    mod table {
+        mod table {
         use super::super::*;
         use std::path::PathBuf;
 
         fn study_table() -> PathBuf {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/reference/study_326_models.csv")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/reference/study_326_models.csv")
         }
 
         fn temp_csv(name: &str, body: &str) -> PathBuf {

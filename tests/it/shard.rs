@@ -12,22 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use quba_edge::report::Run;
+use quba_host::report::Run;
 use serde_json::Value;
-
-const QUBA: &str = env!("CARGO_BIN_EXE_quba");
-const DEVICE: &str = env!("CARGO_BIN_EXE_quba-device");
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("quba-shard-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use crate::util::*;
 
 fn check(out: Output, what: &str) -> Output {
     assert!(out.status.success(), "{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
@@ -66,7 +53,7 @@ struct Fixture {
 }
 
 fn evaluate(name: &str, model: &Path, args: &[&str]) -> Fixture {
-    let t = tmp(name);
+    let t = tmp!(name);
     let mut children = vec![("whole".to_string(), spawn_eval(&t.join("whole"), model, args, None))];
     for k in 0..4 {
         let shard = format!("{k}/4");
@@ -166,7 +153,7 @@ fn synth() -> &'static Fixture {
 #[test]
 fn four_synthetic_shards_merge_into_the_whole_run_exactly() {
     let f = synth();
-    let out = tmp("synth-merged").join("run");
+    let out = tmp!("synth-merged").join("run");
     assert_merge_is_whole(f, &out);
     let rep = report(&out);
     for d in ["adversarial_robustness", "corruption_robustness", "ood_robustness", "shape_bias", "object_focus"] {
@@ -206,12 +193,12 @@ fn tiny() -> &'static Fixture {
 #[test]
 fn four_folder_shards_merge_into_the_whole_run_exactly() {
     let f = tiny();
-    assert_merge_is_whole(f, &tmp("tiny-merged").join("run"));
+    assert_merge_is_whole(f, &tmp!("tiny-merged").join("run"));
 }
 
 /// One more shard run of a tiny model, with `extra` arguments.
 fn odd_shard(name: &str, model: &str, shard: &str, extra: &[&str]) -> PathBuf {
-    let runs = tmp(name);
+    let runs = tmp!(name);
     let args = tiny_args(extra);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     check(spawn_eval(&runs, &tiny_model(model), &args, Some(shard)).wait_with_output().unwrap(), name);
@@ -222,7 +209,7 @@ fn odd_shard(name: &str, model: &str, shard: &str, extra: &[&str]) -> PathBuf {
 fn shards_that_do_not_belong_together_are_refused() {
     let f = tiny();
     let s: Vec<&Path> = f.shards.iter().map(PathBuf::as_path).collect();
-    let t = tmp("refuse");
+    let t = tmp!("refuse");
 
     let int8 = odd_shard("int8", "tiny-cnn.int8.onnx", "2/4", &[]);
     let e = failure(&mut merge(&[s[0], s[1], &int8, s[3]], &t.join("a"), &[]));
@@ -259,7 +246,7 @@ fn shards_that_do_not_belong_together_are_refused() {
 fn duplicate_shards_are_refused() {
     let f = tiny();
     let s: Vec<&Path> = f.shards.iter().map(PathBuf::as_path).collect();
-    let t = tmp("dup");
+    let t = tmp!("dup");
     let e = failure(&mut merge(&[s[0], s[1], s[1], s[2], s[3]], &t.join("a"), &[]));
     assert!(e.contains("both shard 1/4") && e.contains("given twice"), "{e}");
     // A copy under another name is the same shard too.
@@ -276,7 +263,7 @@ fn duplicate_shards_are_refused() {
 fn missing_shards_are_named_and_merge_only_when_partial() {
     let f = tiny();
     let s: Vec<&Path> = f.shards.iter().map(PathBuf::as_path).collect();
-    let t = tmp("missing");
+    let t = tmp!("missing");
     let e = failure(&mut merge(&[s[3], s[0]], &t.join("a"), &[]));
     assert!(e.contains("shards 1, 2 of 4 missing (given: 0, 3)") && e.contains("--partial"), "{e}");
 
@@ -317,7 +304,7 @@ fn shard_out_of_range_is_a_clear_error() {
 #[test]
 fn fleet_recipes_run_here_and_merge_into_the_whole_run() {
     let whole = &synth().whole;
-    let t = tmp("fleet");
+    let t = tmp!("fleet");
     let small = [("QUBA_ARGS", SYNTH_ARGS)];
 
     // Kubernetes: the manifest's structure, then its container command per index.

@@ -18,10 +18,7 @@ use quba_edge::engine::Engine;
 use quba_edge::metrics::argmax;
 use quba_edge::protocol::Backend;
 use serde_json::Value;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::util::*;
 
 fn reference() -> Value {
     let path = root().join("tests/data/int8/reference.json");

@@ -5,16 +5,10 @@
 //! checked against torchattacks in docs/gradients.md (scripts/attack_parity.py);
 //! here the suite must agree with `quba grad attack`, the attack alone.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
-
-const QUBA: &str = env!("CARGO_BIN_EXE_quba");
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::util::*;
 
 fn ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();

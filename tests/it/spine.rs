@@ -10,13 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-const QUBA: &str = env!("CARGO_BIN_EXE_quba");
-const DEVICE: &str = env!("CARGO_BIN_EXE_quba-device");
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::util::*;
 
 fn model(name: &str) -> PathBuf {
     root().join("models/tiny").join(name)
@@ -24,13 +18,6 @@ fn model(name: &str) -> PathBuf {
 
 fn val() -> PathBuf {
     root().join("tests/data/tiny/val")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("quba-spine-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -126,7 +113,7 @@ fn export(dir: &Path) -> Vec<Value> {
 
 #[test]
 fn device_process_to_host_results_match_onnxruntime() {
-    let t = tmp("pipe");
+    let t = tmp!("pipe");
     let dir = t.join("fp32");
     let m = pipe_run("tiny-cnn.fp32.onnx", &dir, &["--batch", "7"]);
     assert_eq!(m["status"], "complete");
@@ -174,7 +161,7 @@ fn device_process_to_host_results_match_onnxruntime() {
 
 #[test]
 fn int8_models_agree_with_onnxruntime_and_carry_their_format() {
-    let t = tmp("int8");
+    let t = tmp!("int8");
     for (file, format) in [("tiny-cnn.int8.onnx", "qdq"), ("tiny-cnn.int8-qop.onnx", "qoperator")] {
         let dir = t.join(format);
         let m = pipe_run(file, &dir, &[]);
@@ -201,7 +188,7 @@ fn int8_models_agree_with_onnxruntime_and_carry_their_format() {
 
 #[test]
 fn eval_runs_models_through_the_device_binary_and_scores_a_cohort() {
-    let t = tmp("eval");
+    let t = tmp!("eval");
     let out = ok(Command::new(QUBA)
         .arg("eval")
         .arg("--model")
@@ -244,7 +231,7 @@ fn eval_runs_models_through_the_device_binary_and_scores_a_cohort() {
 
 #[test]
 fn flipped_bytes_lose_only_damaged_frames() {
-    let t = tmp("flip");
+    let t = tmp!("flip");
     let log = t.join("stream.bin");
     ok(&mut device("tiny-cnn.fp32.onnx", &["--out", log.to_str().unwrap()]));
     let mut bytes = std::fs::read(&log).unwrap();
@@ -280,7 +267,7 @@ fn wait_for(mut f: impl FnMut() -> bool, what: &str) {
 
 #[test]
 fn killed_device_loses_nothing_already_received() {
-    let t = tmp("kill");
+    let t = tmp!("kill");
     let dir = t.join("run");
     // Paced so the kill lands mid-run: 4 images per batch, 150 ms between batches.
     let mut dev: Child = device("tiny-cnn.fp32.onnx", &["--batch", "4", "--pause-ms", "150"])
@@ -318,7 +305,7 @@ fn killed_device_loses_nothing_already_received() {
 
 #[test]
 fn tcp_stream_needs_the_token() {
-    let t = tmp("tcp");
+    let t = tmp!("tcp");
     for (i, good) in [(0, true), (1, false)] {
         let dir = t.join(format!("run{i}"));
         let mut host = Command::new(QUBA)
@@ -352,7 +339,7 @@ fn tcp_stream_needs_the_token() {
 
 #[test]
 fn bad_inputs_get_clear_errors() {
-    let t = tmp("bad");
+    let t = tmp!("bad");
     // Not an ONNX file.
     let junk = t.join("junk.onnx");
     std::fs::write(&junk, b"this is not a protobuf").unwrap();
@@ -512,7 +499,7 @@ fn score_reads_the_study_table() {
 
 #[test]
 fn zoo_model_on_the_in_memory_synthetic_benchmark() {
-    let t = tmp("synth");
+    let t = tmp!("synth");
     let out = ok(Command::new(QUBA)
         .arg("eval")
         .arg("--model")

@@ -15,10 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::util::*;
 
 fn skip(why: &str) -> bool {
     assert!(std::env::var("QUBA_REQUIRE_SSH").is_err(), "QUBA_REQUIRE_SSH is set but {why}");
@@ -79,7 +76,7 @@ fn eval_over_ssh_on_an_emulated_board() {
         }
     }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
-    let arm = quba_edge::board::cross_device_binary(&target_dir, "aarch64-unknown-linux-gnu");
+    let arm = quba_host::board::cross_device_binary(&target_dir, "aarch64-unknown-linux-gnu");
     if !arm.exists() && skip(&format!("{} not built", arm.display())) {
         return;
     }

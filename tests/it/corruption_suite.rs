@@ -4,23 +4,11 @@
 //! the images the device generates, so both routes must give the same
 //! accuracy in every cell — the device's corruptions are the CLI's.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-
-const QUBA: &str = env!("CARGO_BIN_EXE_quba");
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("quba-corr-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use crate::util::*;
 
 fn ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
@@ -47,7 +35,7 @@ fn eval(dir: &Path, val: &Path, extra: &[&str]) -> Value {
 
 #[test]
 fn generated_corruptions_equal_a_tree_written_by_the_cli() {
-    let t = tmp("tree");
+    let t = tmp!("tree");
     ok(Command::new(QUBA).args(["data", "synth", "--splits", "val", "--per-class", "2", "--out"]).arg(t.join("synth")));
     let val = t.join("synth/val");
     for c in CELLS {
@@ -88,7 +76,7 @@ fn generated_corruptions_equal_a_tree_written_by_the_cli() {
 
 #[test]
 fn all_75_cells_make_the_dimension() {
-    let t = tmp("all");
+    let t = tmp!("all");
     let out = ok(Command::new(QUBA)
         .arg("eval")
         .arg("--model")

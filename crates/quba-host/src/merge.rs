@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::protocol::{DecodeStats, End, FrameEncoder, Header, Message, ProbeSet, Shard};
 use crate::report::Run;
-use crate::transport::{Manifest, ManifestFile, MergeInfo, RunStatus, LOG_FILE};
+use crate::ingest::{Manifest, ManifestFile, MergeInfo, RunStatus, LOG_FILE};
 
 pub struct MergeOptions {
     /// Merge even when shards are missing or did not finish; the result is

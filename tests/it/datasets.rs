@@ -16,19 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-
-const QUBA: &str = env!("CARGO_BIN_EXE_quba");
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("quba-datasets-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use crate::util::*;
 
 struct Tables {
     wnids: Vec<String>,
@@ -211,7 +199,7 @@ fn close(a: f64, b: f64, what: &str) {
 #[test]
 fn real_layouts_and_mappings_give_the_designed_numbers() {
     let t = tables();
-    let dir = tmp("layouts");
+    let dir = tmp!("layouts");
     let f = build(&t, &dir);
     let out = eval(&f, &dir.join("runs"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -244,7 +232,7 @@ fn fails_naming(f: &Fixture, dir: &Path, needle: &str) {
 #[test]
 fn bad_dataset_layouts_are_named() {
     let t = tables();
-    let dir = tmp("bad");
+    let dir = tmp!("bad");
     let f = build(&t, &dir);
     // A cue-conflict file name without <shape><n>-<texture><m>.
     let bad = f.mvh.join("cue-conflict/bear/bear-texture.png");
@@ -273,7 +261,7 @@ fn bad_dataset_layouts_are_named() {
 /// the real layouts gives exactly the numbers of the in-memory run.
 #[test]
 fn synthetic_tree_on_disk_equals_the_in_memory_benchmark() {
-    let dir = tmp("synth-tree");
+    let dir = tmp!("synth-tree");
     let tree = dir.join("synth");
     let status = Command::new(QUBA)
         .args(["data", "synth", "--per-class", "3", "--out"])

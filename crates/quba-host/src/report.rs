@@ -15,7 +15,7 @@ use crate::benchmark::MappingRules;
 use crate::metrics;
 use crate::protocol::{decode_all, DecodeStats, End, Failure, Header, Message, OodSet, ProbeSet, Record, CORRUPTIONS, PROTOCOL_VERSION};
 use crate::quba::{self, Dimension, Normalisation, Values, Weights};
-use crate::transport::{Keys, Manifest, ManifestFile, RunStatus, LOG_FILE};
+use crate::ingest::{Keys, Manifest, ManifestFile, RunStatus, LOG_FILE};
 
 /// One run as the host stored it.
 pub struct Run {
@@ -500,7 +500,7 @@ pub fn cue_conflict_by_category(run: &Run) -> Vec<CueCategory> {
 /// carry a custom dataset's folder names, so those stay empty.
 pub fn category_names(header: &Header, set: ProbeSet) -> Vec<String> {
     let fixed: Vec<String> = if header.benchmark == "synth" {
-        crate::synth::CLASSES.iter().map(|c| c.to_string()).collect()
+        crate::benchmark::SYNTH_CLASSES.iter().map(|c| c.to_string()).collect()
     } else {
         vec![]
     };

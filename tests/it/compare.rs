@@ -13,10 +13,7 @@ use std::process::Command;
 
 use quba_edge::protocol::{decode_all, FrameEncoder, Message};
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::util::*;
 
 fn quba(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_quba")).args(args).output().unwrap()

@@ -24,10 +24,10 @@ use crate::protocol::{OodSet, ProbeSet};
 /// construction, as in the study.
 pub const NO_CLASS: u16 = u16::MAX;
 
-const WNIDS: &str = include_str!("../data/reference/imagenet1k_wnids.txt");
-const SIXTEEN: &str = include_str!("../data/reference/sixteen_class_mapping.json");
-const IMAGENET_R: &str = include_str!("../data/reference/imagenet_r_wnids.txt");
-const IN_TO_IN9: &str = include_str!("../data/reference/in_to_in9.json");
+const WNIDS: &str = include_str!("../../../data/reference/imagenet1k_wnids.txt");
+const SIXTEEN: &str = include_str!("../../../data/reference/sixteen_class_mapping.json");
+const IMAGENET_R: &str = include_str!("../../../data/reference/imagenet_r_wnids.txt");
+const IN_TO_IN9: &str = include_str!("../../../data/reference/in_to_in9.json");
 
 /// The study's mapping tables, parsed once.
 pub struct ImageNetTables {
@@ -82,6 +82,27 @@ fn parse_tables() -> Result<ImageNetTables> {
     }
     Ok(ImageNetTables { wnids, categories: s.categories, members, imagenet_r_wnids, imagenet_r_indices, in_to_in9 })
 }
+
+/// The synthetic benchmark's shape classes, sorted so the index equals the ImageFolder label. No name
+/// contains `-` or a digit, so cue-conflict file names parse unambiguously.
+pub const SYNTH_CLASSES: [&str; 16] = [
+    "arrow",
+    "bowtie",
+    "crescent",
+    "cross",
+    "diamond",
+    "disc",
+    "heart",
+    "hexagon",
+    "house",
+    "lshape",
+    "ring",
+    "square",
+    "star",
+    "trapezoid",
+    "triangle",
+    "tshape",
+];
 
 pub use crate::protocol::Mapping;
 

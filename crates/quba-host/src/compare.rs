@@ -66,6 +66,10 @@ pub struct Comparison {
     pub dimensions: Vec<DimensionDelta>,
 }
 
+/// |b − a| at or below this is "equal" unless told otherwise, in `quba
+/// compare` and in the report's fp32 → int8 comparisons.
+pub const DEFAULT_TOLERANCE: f64 = 1e-3;
+
 pub struct CompareOptions {
     pub bootstrap: usize,
     pub seed: u64,

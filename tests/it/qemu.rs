@@ -12,10 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::util::*;
 
 fn eval(dir: &std::path::Path, extra: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_quba"))
@@ -52,10 +49,10 @@ fn predictions(run_dir: &str) -> Vec<(u64, u64, Vec<f64>)> {
 
 /// A QEMU board profile and its cross-built device binary, or None (test
 /// skipped) when the binary was not built and QUBA_REQUIRE_ARM is unset.
-fn emulated(profile: &str) -> Option<(quba_edge::board::Board, PathBuf)> {
-    let board = quba_edge::board::load(profile).unwrap();
+fn emulated(profile: &str) -> Option<(quba_host::board::Board, PathBuf)> {
+    let board = quba_host::board::load(profile).unwrap();
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
-    let bin = quba_edge::board::cross_device_binary(&target_dir, &board.triple);
+    let bin = quba_host::board::cross_device_binary(&target_dir, &board.triple);
     // CI builds both and sets both; a local run without the armv7 build skips it.
     let required = if board.triple.starts_with("armv7") { "QUBA_REQUIRE_ARMV7" } else { "QUBA_REQUIRE_ARM" };
     if !bin.exists() {

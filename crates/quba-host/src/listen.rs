@@ -1,0 +1,124 @@
+//! `quba listen`: boards stream to the host over TCP. One stream into one run
+//! directory, or many boards at once, each into its own directory, with a
+//! bounded number of streams received at a time.
+//!
+//! A board proves it was sent by whoever started the listener with the token
+//! it was given (the first frame, `Hello`); the token is printed, never
+//! guessed, and the default address is loopback.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::ingest::{ingest, run_dir_for, summary, Manifest, ManifestFile};
+
+#[derive(Args, Clone, Debug)]
+pub struct ListenArgs {
+    /// Address to listen on; loopback unless you say otherwise.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub bind: String,
+    /// Receive one stream into this run directory, then exit.
+    #[arg(long, conflicts_with_all = ["runs_dir", "streams"], required_unless_present = "runs_dir")]
+    pub run_dir: Option<PathBuf>,
+    /// Receive many boards' streams at once, each into its own run directory here.
+    #[arg(long)]
+    pub runs_dir: Option<PathBuf>,
+    /// With --runs-dir: exit after this many streams ended (default: serve until killed).
+    #[arg(long, requires = "runs_dir")]
+    pub streams: Option<usize>,
+    /// Streams received at once; further boards wait in the accept queue (TCP back-pressure).
+    #[arg(long, default_value_t = 16)]
+    pub max_connections: usize,
+    /// A stream silent this long is taken as cut (Wi-Fi gone, board off) and its run kept
+    /// as interrupted.
+    #[arg(long, default_value_t = 600)]
+    pub idle_timeout_s: u64,
+    /// Token the device must present (default: a fresh random one, printed).
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+/// A fresh random token for `quba listen` (128 bits from the OS).
+pub fn new_token() -> Result<String> {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).context("cannot read /dev/urandom for a token")?;
+    Ok(quba_common::hex(&b))
+}
+
+/// Binds, prints the address and token on `announce`, and receives streams
+/// as `a` says. Fails when any stream failed or was refused, after the others
+/// were received.
+pub fn run(a: &ListenArgs, announce: &mut dyn Write) -> Result<()> {
+    let token = match a.token.clone() {
+        Some(t) => t,
+        None => new_token()?,
+    };
+    let listener = TcpListener::bind(&a.bind).with_context(|| format!("cannot listen on {}", a.bind))?;
+    let addr = listener.local_addr()?;
+    writeln!(announce, "listening on {addr} token {token}")
+        .and_then(|_| announce.flush())
+        .context("cannot print the listening address and token")?;
+    // Whoever started us may stop reading after the address; that must not
+    // stop the boards' streams.
+    let _ = writeln!(announce, "on the board: quba-device run --model … --data … --out tcp://{addr} --token {token}").and_then(|_| announce.flush());
+    let timeout = Some(Duration::from_secs(a.idle_timeout_s.max(1)));
+    match (&a.runs_dir, &a.run_dir) {
+        (Some(root), _) => serve(&listener, root, &token, timeout, a.streams.unwrap_or(usize::MAX), a.max_connections),
+        (None, Some(dir)) => {
+            let (stream, peer) = listener.accept()?;
+            stream.set_read_timeout(timeout)?;
+            let m = ingest(stream, dir, &format!("tcp {peer}"), Some(&token))?;
+            summary(dir, &m);
+            Ok(())
+        }
+        (None, None) => bail!("quba listen needs --run-dir (one stream) or --runs-dir (many)"),
+    }
+}
+
+/// Receives `streams` streams, each into a new run directory under `root`,
+/// `max_connections` at a time.
+fn serve(listener: &TcpListener, root: &Path, token: &str, timeout: Option<Duration>, streams: usize, max_connections: usize) -> Result<()> {
+    // Each stream on its own thread: memory per connection is one read
+    // buffer, one frame and the run's keys; a full slot table stops accepting,
+    // and the kernel's accept queue and TCP windows hold the boards back.
+    let (slots, freed) = std::sync::mpsc::sync_channel::<()>(max_connections.max(1));
+    let freed = std::sync::Mutex::new(freed);
+    let refused = AtomicUsize::new(0);
+    std::thread::scope(|scope| -> Result<()> {
+        for _ in 0..streams {
+            slots.send(()).expect("the receiver lives in this scope");
+            let (stream, peer) = listener.accept()?;
+            let (refused, freed) = (&refused, &freed);
+            scope.spawn(move || {
+                let dir = run_dir_for(root, &format!("tcp-{}", peer.to_string().replace([':', '.', '[', ']'], "_")));
+                let r = stream
+                    .set_read_timeout(timeout)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|_| ingest(stream, &dir, &format!("tcp {peer}"), Some(token)));
+                match r {
+                    Ok(m) => summary(&dir, &m),
+                    Err(e) => {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                        // A stream refused before its header left nothing worth a run directory.
+                        if Manifest::read(&dir).is_ok_and(|m| m.header.is_none()) {
+                            let _ = std::fs::remove_dir_all(&dir);
+                        }
+                        eprintln!("quba: stream from {peer}: {e:#}");
+                    }
+                }
+                let _ = freed.lock().map(|rx| rx.recv());
+            });
+        }
+        Ok(())
+    })?;
+    let n = refused.into_inner();
+    if n > 0 {
+        bail!("{n} of {streams} streams failed or were refused (see above); the others are in {}", root.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,31 @@
+//! What the integration tests share: the binaries under test, the source
+//! tree they read fixtures from, and scratch folders.
+
+use std::path::PathBuf;
+
+/// The host binary, as cargo built it for this test run.
+pub const QUBA: &str = env!("CARGO_BIN_EXE_quba");
+/// The device binary for this machine.
+pub const DEVICE: &str = env!("CARGO_BIN_EXE_quba-device");
+
+/// The checkout: models, fixtures and board profiles are read from here.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh, empty scratch folder for one test (`tmp!("name")`); the calling
+/// module's path is part of its name, so tests in different modules may use
+/// the same name.
+pub fn tmp_dir(module: &str, name: &str) -> PathBuf {
+    let scope = module.rsplit("::").next().unwrap_or(module);
+    let d = std::env::temp_dir().join(format!("quba-it-{}-{scope}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+macro_rules! tmp {
+    ($name:expr) => {
+        $crate::util::tmp_dir(module_path!(), &$name)
+    };
+}

@@ -15,12 +15,13 @@ pub struct Resume {
     pub failures: Vec<(ProbeSet, u32)>,
 }
 
-/// A run directory's `manifest.json` (written by the host, replaced
-/// atomically): what the run is and how it ended. The frames themselves are
-/// in `records.qlog`.
+/// How a run ended, as its manifest says (`status`: `running`, `complete`,
+/// `interrupted` or `partial`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
+    /// The host is still receiving the stream (or was stopped itself before
+    /// it could record how the run ended).
     Running,
     /// The device sent its End frame.
     Complete,
@@ -45,6 +46,9 @@ pub struct MergeInfo {
     pub sources: Vec<String>,
 }
 
+/// A run directory's `manifest.json` (written by the host, replaced
+/// atomically): what the run is and how it ended. The frames themselves are
+/// in `records.qlog`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub schema: String,

@@ -8,6 +8,8 @@
 //! fixed-capacity `heapless::Vec`, only where the record carries one) and
 //! [`FrameEncoder`] writes into fixed arrays it owns.
 
+#[cfg(test)]
+mod doc_order;
 mod frame;
 mod message;
 mod run_dir;

@@ -14,22 +14,26 @@
 //! - a direct depthwise kernel in f32: every product and partial sum is an
 //!   integer below 2^24, so f32 arithmetic is exact and the result equals the
 //!   integer one bit for bit, while f32 lanes vectorise on every target.
+//!
+//! This file holds what the kernels share: the convolution's types, the
+//! weights' preparation and layouts, the choice of kernel, the scalar
+//! requantisation and the scratch buffers. The GEMM is in `gemm`, the
+//! depthwise kernels in `depthwise`, and the hand-written AVX2 code they
+//! dispatch to on x86-64 in `simd`.
 
 use std::cell::RefCell;
 
 /// Output pixels per GEMM panel: two AVX2 registers of eight i32 lanes.
-const PANEL: usize = 16;
+pub(super) const PANEL: usize = 16;
 /// Output channels per GEMM tile.
-const ROWS: usize = 4;
+pub(super) const ROWS: usize = 4;
 /// Lanes of a depthwise block: two AVX2 registers of f32, outputs along a
 /// row (row kernel) or channels (channel kernel).
-const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 /// Vectors of sums per depthwise block: output rows (row kernel) or pixels
 /// (channel kernel). With LANES, eight registers of independent sums, so the
 /// fused multiply-adds do not wait on each other.
-const SUMS: usize = 4;
-/// Bytes of f32 input tile the channel-vectorised kernel aims to keep in L2.
-const TILE_BYTES: usize = 96 << 10;
+pub(super) const SUMS: usize = 4;
 /// f32 holds every integer up to this exactly; the depthwise kernel is used
 /// only when its largest possible partial sum stays below it.
 const F32_EXACT: i64 = 1 << 24;
@@ -91,7 +95,7 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    fn depth(&self) -> usize {
+    pub(super) fn depth(&self) -> usize {
         self.cin_g * self.kh * self.kw
     }
     pub fn pixels(&self) -> usize {
@@ -121,11 +125,11 @@ pub struct QConv {
     pub geo: Geometry,
     pub x_zero_point: i32,
     pub requant: Requant,
-    kernel: Kernel,
+    pub(super) kernel: Kernel,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-enum Kernel {
+pub(super) enum Kernel {
     /// `[group][row block][k pair][ROWS]`: `(w − w_zp)` of channels 2k and
     /// 2k+1 as the low and high i16 of one i32, the operand `vpmaddwd` wants.
     Gemm { pairs: Vec<i32>, k_pairs: usize, row_blocks: usize },
@@ -194,25 +198,12 @@ impl QConv {
         let g = &self.geo;
         assert_eq!(x.len(), batch * g.cin() * g.h * g.w);
         assert_eq!(out.len(), batch * g.cout() * g.pixels());
-        if simd::avx2() {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::x86_64::avx2() {
             // SAFETY: the CPU has AVX2 (checked at run time just above).
-            unsafe { self.run_avx2(x, batch, out) }
-        } else {
-            self.run_portable(x, batch, out)
+            return unsafe { self.run_avx2(x, batch, out) };
         }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2<T: Code>(&self, x: &[T], batch: usize, out: &mut [T]) {
-        // The same body compiled for AVX2, so its packing and requantisation
-        // loops vectorise 8 lanes wide as well as the hand-written tile.
-        self.run_body(x, batch, out, true)
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn run_avx2<T: Code>(&self, x: &[T], batch: usize, out: &mut [T]) {
-        self.run_body(x, batch, out, false)
+        self.run_portable(x, batch, out)
     }
 
     fn run_portable<T: Code>(&self, x: &[T], batch: usize, out: &mut [T]) {
@@ -220,7 +211,7 @@ impl QConv {
     }
 
     #[inline(always)]
-    fn run_body<T: Code>(&self, x: &[T], batch: usize, out: &mut [T], avx2: bool) {
+    pub(super) fn run_body<T: Code>(&self, x: &[T], batch: usize, out: &mut [T], avx2: bool) {
         let g = &self.geo;
         let (img_in, img_out) = (g.cin() * g.h * g.w, g.cout() * g.pixels());
         // Taken out of the thread-local rather than used inside `with`'s
@@ -255,323 +246,6 @@ impl QConv {
         }
         SCRATCH.with(|s| s.replace(scratch));
     }
-
-    /// im2col of one group into `[panel][k pair][PANEL][2]` i16 of `x − x_zp`,
-    /// zero where the window leaves the image (the zero point, before the
-    /// subtraction) and in the padding of the last panel and odd row.
-    #[inline(always)]
-    fn pack<T: Code>(&self, x: &[T], k_pairs: usize, packed: &mut Vec<i16>) {
-        let g = &self.geo;
-        let pixels = g.pixels();
-        let panels = pixels.div_ceil(PANEL);
-        packed.clear();
-        packed.resize(panels * k_pairs * PANEL * 2, 0);
-        let zp = self.x_zero_point;
-        let taps = g.kh * g.kw;
-        let pointwise = taps == 1 && g.sh == 1 && g.sw == 1 && g.pad_t == 0 && g.pad_l == 0 && g.ho == g.h && g.wo == g.w;
-        if pointwise {
-            // Both channels of a pair at once, whole panels first, so the
-            // interleave vectorises.
-            let full = pixels / PANEL;
-            for kp in 0..k_pairs {
-                let c = 2 * kp;
-                let plane = &x[c * g.h * g.w..][..g.h * g.w];
-                let other = (c + 1 < g.depth()).then(|| &x[(c + 1) * g.h * g.w..][..g.h * g.w]);
-                for panel in 0..panels {
-                    let dst = &mut packed[(panel * k_pairs + kp) * PANEL * 2..][..PANEL * 2];
-                    let n = if panel < full { PANEL } else { pixels - full * PANEL };
-                    let a = &plane[panel * PANEL..][..n];
-                    match other {
-                        Some(b) => {
-                            let b = &b[panel * PANEL..][..n];
-                            for j in 0..n {
-                                dst[2 * j] = (a[j].widen() - zp) as i16;
-                                dst[2 * j + 1] = (b[j].widen() - zp) as i16;
-                            }
-                        }
-                        None => {
-                            for j in 0..n {
-                                dst[2 * j] = (a[j].widen() - zp) as i16;
-                            }
-                        }
-                    }
-                }
-            }
-            return;
-        }
-        // Panel by panel, so each tap's 16 values land in one contiguous run.
-        // The buffer starts zeroed, so windows outside the image are skipped.
-        for panel in 0..panels {
-            let p0 = panel * PANEL;
-            let n = PANEL.min(pixels - p0);
-            let origin: [(isize, isize); PANEL] = std::array::from_fn(|l| {
-                let p = (p0 + l).min(pixels - 1);
-                ((p / g.wo * g.sh) as isize - g.pad_t as isize, (p % g.wo * g.sw) as isize - g.pad_l as isize)
-            });
-            // All 16 pixels on one output row: each tap reads one strided run.
-            let one_row = n == PANEL && p0 % g.wo + PANEL <= g.wo;
-            let dst = &mut packed[panel * k_pairs * PANEL * 2..][..k_pairs * PANEL * 2];
-            for k in 0..g.depth() {
-                let (c, i, j) = (k / taps, (k % taps) / g.kw, k % g.kw);
-                let plane = &x[c * g.h * g.w..][..g.h * g.w];
-                let dst = &mut dst[(k / 2) * PANEL * 2 + k % 2..][..PANEL * 2 - 1];
-                let (di, dj) = ((i * g.dh) as isize, (j * g.dw) as isize);
-                let (ih, iw) = (origin[0].0 + di, origin[0].1 + dj);
-                let last = iw + ((PANEL - 1) * g.sw) as isize;
-                if one_row && ih >= 0 && (ih as usize) < g.h && iw >= 0 && (last as usize) < g.w {
-                    let src = &plane[ih as usize * g.w + iw as usize..][..last as usize - iw as usize + 1];
-                    match g.sw {
-                        1 => strided_run::<T, 1>(src, dst, zp),
-                        2 => strided_run::<T, 2>(src, dst, zp),
-                        sw => {
-                            for l in 0..PANEL {
-                                dst[2 * l] = (src[l * sw].widen() - zp) as i16;
-                            }
-                        }
-                    }
-                    continue;
-                }
-                for (l, &(oh, ow)) in origin.iter().enumerate().take(n) {
-                    let (ih, iw) = (oh + di, ow + dj);
-                    if ih >= 0 && (ih as usize) < g.h && iw >= 0 && (iw as usize) < g.w {
-                        dst[2 * l] = (plane[ih as usize * g.w + iw as usize].widen() - zp) as i16;
-                    }
-                }
-            }
-        }
-    }
-
-    #[inline(always)]
-    fn gemm<T: Code>(&self, a: &[i32], k_pairs: usize, packed: &[i16], grp: usize, out: &mut [T], avx2: bool) {
-        let g = &self.geo;
-        let pixels = g.pixels();
-        let mut acc = [0i32; ROWS * PANEL];
-        for panel in 0..pixels.div_ceil(PANEL) {
-            let b = &packed[panel * k_pairs * PANEL * 2..][..k_pairs * PANEL * 2];
-            let cols = PANEL.min(pixels - panel * PANEL);
-            for block in 0..g.cout_g.div_ceil(ROWS) {
-                let a = &a[block * k_pairs * ROWS..][..k_pairs * ROWS];
-                let rows = ROWS.min(g.cout_g - block * ROWS);
-                let first = grp * g.cout_g + block * ROWS;
-                if avx2 {
-                    let rq = &self.requant;
-                    let bias = std::array::from_fn(|r| if r < rows { rq.bias[first + r] } else { 0 });
-                    let mult = std::array::from_fn(|r| if r < rows { rq.mult[first + r] } else { 0.0 });
-                    let (lo, hi) = ((T::MIN - rq.zero_point) as f32, (T::MAX - rq.zero_point) as f32);
-                    // SAFETY: `avx2` is only true inside `run_avx2`, entered after detection.
-                    let codes = unsafe {
-                        if cols <= PANEL / 2 {
-                            simd::gemm_tile_avx2::<true>(a, b, k_pairs, &bias, &mult, lo, hi, rq.zero_point)
-                        } else {
-                            simd::gemm_tile_avx2::<false>(a, b, k_pairs, &bias, &mult, lo, hi, rq.zero_point)
-                        }
-                    };
-                    for (r, bytes) in codes.chunks_exact(PANEL / 4).enumerate().take(rows) {
-                        put_codes(&mut out[(block * ROWS + r) * pixels + panel * PANEL..][..cols], bytes);
-                    }
-                    continue;
-                }
-                tile_portable(a, b, k_pairs, &mut acc);
-                for r in 0..rows {
-                    let m = block * ROWS + r;
-                    let dst = &mut out[m * pixels + panel * PANEL..][..cols];
-                    self.requant_row(&acc[r * PANEL..][..cols], first + r, dst);
-                }
-            }
-        }
-    }
-
-    #[inline(always)]
-    fn requant_row<T: Code>(&self, acc: &[i32], channel: usize, dst: &mut [T]) {
-        let rq = &self.requant;
-        let (bias, mult, zp) = (rq.bias[channel], rq.mult[channel], rq.zero_point);
-        let (lo, hi) = ((T::MIN - zp) as f32, (T::MAX - zp) as f32);
-        for (d, &a) in dst.iter_mut().zip(acc) {
-            *d = T::narrow(requantize(a.wrapping_add(bias), mult, lo, hi) + zp);
-        }
-    }
-
-    /// Depthwise with lanes across channels: the input is transposed into a
-    /// padded `[row][column][LANES]` f32 tile per block of channels, so every
-    /// tap of every pixel is a full vector whatever the plane's width,
-    /// stride or dilation. Small late planes (7×7, 14×14) waste no lanes, and
-    /// the bias and multiplier are vectors too.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    fn depthwise_channels<T: Code>(&self, x: &[T], w: &[f32], bias: &[f32], folded: bool, out: &mut [T], tile: &mut Vec<f32>, avx2: bool) {
-        let g = &self.geo;
-        let zp = self.x_zero_point as f32;
-        let taps = g.kh * g.kw;
-        let cols = (g.wo - 1) * g.sw + (g.kw - 1) * g.dw + 1;
-        let reach = (g.kh - 1) * g.dh + 1;
-        // Output rows per band: as many as keep the tile near TILE_BYTES,
-        // since its rows are re-read by every tap row.
-        let band = (TILE_BYTES / (cols * LANES * 4)).saturating_sub(reach) / g.sh + 1;
-        let band = band.clamp(1, g.ho);
-        let rows = (band - 1) * g.sh + reach;
-        tile.clear();
-        tile.resize(rows * cols * LANES, 0.0);
-        let offsets: Vec<usize> = (0..taps).map(|t| ((t / g.kw) * g.dh * cols + (t % g.kw) * g.dw) * LANES).collect();
-        let rq = &self.requant;
-        let (lo, hi) = ((T::MIN - rq.zero_point) as f32, (T::MAX - rq.zero_point) as f32);
-        let plane = g.h * g.w;
-        let inside = g.w.min(cols.saturating_sub(g.pad_l));
-        for cb in 0..g.cout().div_ceil(LANES) {
-            let nch = LANES.min(g.cout() - cb * LANES);
-            let wb = &w[cb * taps * LANES..][..taps * LANES];
-            let start = cb * LANES;
-            let req = BlockRequant {
-                init: bias[start..][..LANES].try_into().unwrap(),
-                mult: std::array::from_fn(|l| rq.mult.get(start + l).copied().unwrap_or(0.0)),
-                bias: std::array::from_fn(|l| if folded { 0 } else { rq.bias.get(start + l).copied().unwrap_or(0) }),
-                folded,
-                lo,
-                hi,
-                zero_point: rq.zero_point,
-            };
-            for oh0 in (0..g.ho).step_by(band) {
-                let bh = band.min(g.ho - oh0);
-                let top = (oh0 * g.sh) as isize - g.pad_t as isize;
-                // The band's input rows, transposed; columns outside the
-                // image are never written, so they stay zero (the zero point).
-                for r in 0..(bh - 1) * g.sh + reach {
-                    let ih = top + r as isize;
-                    let dst = &mut tile[r * cols * LANES..][..cols * LANES];
-                    if ih < 0 || ih as usize >= g.h {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let dst = &mut dst[(g.pad_l * LANES).min(cols * LANES)..];
-                    for l in 0..nch {
-                        let src = &x[(start + l) * plane + ih as usize * g.w..][..inside];
-                        for (d, s) in dst.chunks_exact_mut(LANES).zip(src) {
-                            d[l] = s.widen() as f32 - zp;
-                        }
-                    }
-                }
-                // Blocks of SUMS consecutive output pixels, which may span rows,
-                // so each channel's SUMS codes are one contiguous store.
-                let n_band = bh * g.wo;
-                for q0 in (0..n_band).step_by(SUMS) {
-                    let bases: [usize; SUMS] = std::array::from_fn(|p| {
-                        // The last block repeats its last pixel rather than read past the band.
-                        let q = (q0 + p).min(n_band - 1);
-                        ((q / g.wo) * g.sh * cols + (q % g.wo) * g.sw) * LANES
-                    });
-                    let codes = if avx2 {
-                        // SAFETY: `avx2` is only true inside `run_avx2`, entered after
-                        // detection; every base + offset + LANES stays within the band's
-                        // rows and `cols` by their construction.
-                        unsafe { simd::depthwise_block_avx2(wb, tile, &offsets, &bases, &req, true) }
-                    } else {
-                        depthwise_block(wb, tile, &offsets, &bases, &req, cfg!(target_arch = "aarch64"), true)
-                    };
-                    let n = SUMS.min(n_band - q0);
-                    let at = oh0 * g.wo + q0;
-                    for (l, c) in codes.chunks_exact(1).enumerate().take(nch) {
-                        let dst = &mut out[(start + l) * g.ho * g.wo + at..];
-                        put_codes(&mut dst[..n], c);
-                    }
-                }
-            }
-        }
-    }
-
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    fn depthwise<T: Code>(&self, x: &[T], taps: &[f32], bias: &[f32], folded: bool, out: &mut [T], plane: &mut Vec<f32>, row: &mut Vec<f32>, avx2: bool) {
-        let g = &self.geo;
-        let zp = self.x_zero_point as f32;
-        // Rows and columns the windows reach, padding included.
-        let rows = (g.ho - 1) * g.sh + (g.kh - 1) * g.dh + 1;
-        let cols = (g.wo - 1) * g.sw + (g.kw - 1) * g.dw + 1;
-        // Columns are split by phase (column mod stride) so that every tap
-        // reads a contiguous run whatever the stride. Zero rows and columns
-        // past the end let the last block of rows and chunk of columns be
-        // computed whole (and the surplus not stored).
-        let used = cols.div_ceil(g.sw);
-        let width = used + LANES;
-        let height = rows + (SUMS - 1) * g.sh;
-        plane.clear();
-        plane.resize(g.sw * height * width, 0.0);
-        row.clear();
-        row.resize(used * g.sw, 0.0);
-        // Each tap's offset in the planes from an output row's first input row.
-        let offsets: Vec<usize> = (0..g.kh * g.kw)
-            .map(|t| {
-                let (i, col) = (t / g.kw, (t % g.kw) * g.dw);
-                ((col % g.sw) * height + i * g.dh) * width + col / g.sw
-            })
-            .collect();
-        let rq = &self.requant;
-        let (lo, hi) = ((T::MIN - rq.zero_point) as f32, (T::MAX - rq.zero_point) as f32);
-        let mut wrep = vec![0f32; g.kh * g.kw * LANES];
-        for c in 0..g.cout() {
-            let src = &x[c * g.h * g.w..][..g.h * g.w];
-            // Padding rows and columns are the same for every channel and
-            // never written, so they keep the zeros of the resize above.
-            let len = used * g.sw;
-            let inside = g.w.min(len.saturating_sub(g.pad_l));
-            for r in g.pad_t..rows.min(g.pad_t + g.h) {
-                let srow = &src[(r - g.pad_t) * g.w..][..inside];
-                if g.sw == 1 {
-                    for (d, s) in plane[r * width + g.pad_l..][..inside].iter_mut().zip(srow) {
-                        *d = s.widen() as f32 - zp;
-                    }
-                    continue;
-                }
-                // The padded row, then its phases.
-                for (d, s) in row[g.pad_l..][..inside].iter_mut().zip(srow) {
-                    *d = s.widen() as f32 - zp;
-                }
-                if g.sw == 2 {
-                    let (even, odd) = plane.split_at_mut(height * width);
-                    let (even, odd) = (&mut even[r * width..][..used], &mut odd[r * width..][..used]);
-                    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
-                        *e = pair[0];
-                        *o = pair[1];
-                    }
-                    continue;
-                }
-                for phase in 0..g.sw {
-                    let dst = &mut plane[(phase * height + r) * width..][..used];
-                    for (d, s) in dst.iter_mut().zip(row[phase..].iter().step_by(g.sw)) {
-                        *d = *s;
-                    }
-                }
-            }
-            // The channel's weights and requantisation as vectors, so the
-            // block is the channel kernel's with lanes along the row.
-            for (d, &v) in wrep.chunks_exact_mut(LANES).zip(&taps[c * g.kh * g.kw..][..g.kh * g.kw]) {
-                d.fill(v);
-            }
-            let req = BlockRequant {
-                init: [bias[c]; LANES],
-                mult: [rq.mult[c]; LANES],
-                bias: [if folded { 0 } else { rq.bias[c] }; LANES],
-                folded,
-                lo,
-                hi,
-                zero_point: rq.zero_point,
-            };
-            for oh in (0..g.ho).step_by(SUMS) {
-                for ow in (0..g.wo).step_by(LANES) {
-                    let bases: [usize; SUMS] = std::array::from_fn(|rr| (oh + rr) * g.sh * width + ow);
-                    let codes = if avx2 {
-                        // SAFETY: `avx2` is only true inside `run_avx2`, entered after
-                        // detection; the planes' spare rows and columns hold every read.
-                        unsafe { simd::depthwise_block_avx2(&wrep, plane, &offsets, &bases, &req, false) }
-                    } else {
-                        depthwise_block(&wrep, plane, &offsets, &bases, &req, cfg!(target_arch = "aarch64"), false)
-                    };
-                    let n = LANES.min(g.wo - ow);
-                    for (rr, bytes) in codes.chunks_exact(LANES / 4).enumerate().take(g.ho - oh) {
-                        put_codes(&mut out[(c * g.ho + oh + rr) * g.wo + ow..][..n], bytes);
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// `clamp(round_half_even(acc · mult))` as MLAS computes it: clamp in f32 to
@@ -580,12 +254,12 @@ impl QConv {
 /// and vectorises where `round_ties_even` would be a libm call per element
 /// on targets without a rounding instruction.
 #[inline(always)]
-fn requantize(acc: i32, mult: f32, lo: f32, hi: f32) -> i32 {
+pub(super) fn requantize(acc: i32, mult: f32, lo: f32, hi: f32) -> i32 {
     round_clamped(acc as f32 * mult, lo, hi)
 }
 
 #[inline(always)]
-fn round_clamped(v: f32, lo: f32, hi: f32) -> i32 {
+pub(super) fn round_clamped(v: f32, lo: f32, hi: f32) -> i32 {
     const MAGIC: f32 = 12_582_912.0;
     // Plain compares rather than f32::max/min, whose NaN rules cost a blend
     // per lane; v is never NaN.
@@ -596,70 +270,11 @@ fn round_clamped(v: f32, lo: f32, hi: f32) -> i32 {
     (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
 }
 
-/// A channel block's requantisation, as vectors.
-struct BlockRequant {
-    /// The sums' start: the bias when folded, else zero.
-    init: [f32; LANES],
-    mult: [f32; LANES],
-    /// The bias still to add in i32 when not folded.
-    bias: [i32; LANES],
-    folded: bool,
-    lo: f32,
-    hi: f32,
-    zero_point: i32,
-}
-
-/// One depthwise block: `Σ_t w[t] · tile[bases[p] + offsets[t]]` for each
-/// of the SUMS vectors p, LANES wide, requantised to 64 code bytes. In
-/// `transpose` order (the channel kernel) u32 l holds lane l's SUMS codes,
-/// vector 0 lowest; otherwise (the row kernel) vector p's LANES codes are
-/// bytes 16p.. in lane order. Fused multiply-adds where the target has them
-/// natively (aarch64): exact either way.
-#[inline(always)]
-fn depthwise_block(w: &[f32], tile: &[f32], offsets: &[usize], bases: &[usize; SUMS], rq: &BlockRequant, fma: bool, transpose: bool) -> [u32; LANES] {
-    let mut acc = [rq.init; SUMS];
-    for (t, &off) in offsets.iter().enumerate() {
-        let wt: &[f32; LANES] = w[t * LANES..][..LANES].try_into().unwrap();
-        for (a, &base) in acc.iter_mut().zip(bases) {
-            let s: &[f32; LANES] = tile[base + off..][..LANES].try_into().unwrap();
-            for l in 0..LANES {
-                a[l] = if fma { wt[l].mul_add(s[l], a[l]) } else { a[l] + wt[l] * s[l] };
-            }
-        }
-    }
-    let mut codes = [0u32; LANES];
-    for (p, a) in acc.iter().enumerate() {
-        for (l, &a) in a.iter().enumerate() {
-            let v = if rq.folded {
-                a
-            } else {
-                // SAFETY: a is an integer below 2^24 (the kernel's precondition).
-                unsafe { a.to_int_unchecked::<i32>() }.wrapping_add(rq.bias[l]) as f32
-            };
-            let code = round_clamped(v * rq.mult[l], rq.lo, rq.hi) + rq.zero_point;
-            let (word, byte) = if transpose { (l, p) } else { ((p * LANES + l) / 4, l % 4) };
-            codes[word] |= (code as u32 & 0xff) << (8 * byte);
-        }
-    }
-    codes
-}
-
-/// One tap's 16 pixels of an im2col panel, every `S`th input: a constant
-/// stride, so the gather vectorises.
-#[inline(always)]
-fn strided_run<T: Code, const S: usize>(src: &[T], dst: &mut [i16], zp: i32) {
-    let src = &src[..(PANEL - 1) * S + 1];
-    let dst = &mut dst[..PANEL * 2 - 1];
-    for l in 0..PANEL {
-        dst[2 * l] = (src[l * S].widen() - zp) as i16;
-    }
-}
-
 /// Writes the first `dst.len()` code bytes of `words` (each word's bytes low
 /// first). A full run of one block's lanes, or of one channel's SUMS, is
 /// copied at a constant length, which compiles to a single store.
 #[inline(always)]
-fn put_codes<T: Code>(dst: &mut [T], words: &[u32]) {
+pub(super) fn put_codes<T: Code>(dst: &mut [T], words: &[u32]) {
     #[inline(always)]
     fn put<T: Code>(dst: &mut [T], words: &[u32]) {
         for (d, w) in dst.chunks_mut(4).zip(words) {
@@ -675,22 +290,6 @@ fn put_codes<T: Code>(dst: &mut [T], words: &[u32]) {
     }
 }
 
-#[inline(always)]
-fn tile_portable(a: &[i32], b: &[i16], k_pairs: usize, acc: &mut [i32; ROWS * PANEL]) {
-    acc.fill(0);
-    for k in 0..k_pairs {
-        let b = &b[k * PANEL * 2..][..PANEL * 2];
-        for r in 0..ROWS {
-            let pair = a[k * ROWS + r];
-            let (w0, w1) = (pair as i16 as i32, (pair >> 16) as i16 as i32);
-            let row = &mut acc[r * PANEL..][..PANEL];
-            for (j, o) in row.iter_mut().enumerate() {
-                *o += b[2 * j] as i32 * w0 + b[2 * j + 1] as i32 * w1;
-            }
-        }
-    }
-}
-
 #[derive(Default)]
 struct Scratch {
     packed: Vec<i16>,
@@ -702,169 +301,6 @@ thread_local! {
     // Reused across calls: a fresh multi-megabyte im2col buffer per
     // convolution would cost page faults on every forward pass.
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
-}
-
-mod simd {
-    #[cfg(target_arch = "x86_64")]
-    pub fn avx2() -> bool {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    pub fn avx2() -> bool {
-        false
-    }
-
-    /// The GEMM tile: ROWS channels × PANEL pixels, sums started at the
-    /// bias, requantised in registers to 16 code bytes per channel (as
-    /// `super::depthwise_block`'s row order). `HALF` computes only the first
-    /// 8 pixels, for a last panel that has no more.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn gemm_tile_avx2<const HALF: bool>(a: &[i32], b: &[i16], k_pairs: usize, bias: &[i32; 4], mult: &[f32; 4], lo: f32, hi: f32, zero_point: i32) -> [u32; 16] {
-        use std::arch::x86_64::*;
-        const { assert!(super::ROWS == 4 && super::PANEL == 16) };
-        // Checked in release too: one compare per tile keeps the raw loads below sound.
-        assert!(a.len() >= k_pairs * 4 && b.len() >= k_pairs * 32);
-        let mut c = [_mm256_setzero_si256(); 8];
-        for r in 0..4 {
-            c[2 * r] = _mm256_set1_epi32(bias[r]);
-            c[2 * r + 1] = c[2 * r];
-        }
-        let (ap, bp) = (a.as_ptr(), b.as_ptr() as *const __m256i);
-        for k in 0..k_pairs {
-            // SAFETY: k < k_pairs and the slices hold k_pairs·4 i32 and k_pairs·32 i16.
-            let b0 = unsafe { _mm256_loadu_si256(bp.add(2 * k)) };
-            let b1 = if HALF { b0 } else { unsafe { _mm256_loadu_si256(bp.add(2 * k + 1)) } };
-            for r in 0..4 {
-                let w = _mm256_set1_epi32(unsafe { *ap.add(4 * k + r) });
-                c[2 * r] = _mm256_add_epi32(c[2 * r], _mm256_madd_epi16(b0, w));
-                if !HALF {
-                    c[2 * r + 1] = _mm256_add_epi32(c[2 * r + 1], _mm256_madd_epi16(b1, w));
-                }
-            }
-        }
-        let mut v = [_mm256_setzero_ps(); 8];
-        let mut m = [_mm256_setzero_ps(); 8];
-        for i in 0..8 {
-            v[i] = _mm256_cvtepi32_ps(c[i]);
-            m[i] = _mm256_set1_ps(mult[i / 2]);
-        }
-        // SAFETY: this function has AVX2.
-        unsafe { requant_pack(v, m, lo, hi, zero_point, false) }
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn gemm_tile_avx2<const HALF: bool>(_: &[i32], _: &[i16], _: usize, _: &[i32; 4], _: &[f32; 4], _: f32, _: f32, _: i32) -> [u32; 16] {
-        unreachable!("only called where AVX2 was detected")
-    }
-
-    /// `super::depthwise_block` with the SUMS × LANES sums in eight registers
-    /// and the requantisation and byte transpose in vectors: LLVM scalarised
-    /// the portable form inside the AVX2 body.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn depthwise_block_avx2(w: &[f32], tile: &[f32], offsets: &[usize], bases: &[usize; super::SUMS], rq: &super::BlockRequant, transpose: bool) -> [u32; super::LANES] {
-        use std::arch::x86_64::*;
-        const { assert!(super::LANES == 16 && super::SUMS == 4) };
-        // Checked in release too (a few compares per 64 outputs), so the raw
-        // loads below stay in bounds whatever a caller computes.
-        let reach = offsets.iter().copied().max().unwrap_or(0) + 16;
-        assert!(bases.iter().all(|&b| b + reach <= tile.len()) && w.len() >= offsets.len() * 16);
-        let (wp, tp) = (w.as_ptr(), tile.as_ptr());
-        // SAFETY (all loads and stores below): every base + offset + 16 lies
-        // within the tile and w holds 16 f32 per tap (asserted above), and the
-        // requantisation arrays hold 16 lanes (their type).
-        unsafe {
-            let (i0, i1) = (_mm256_loadu_ps(rq.init.as_ptr()), _mm256_loadu_ps(rq.init.as_ptr().add(8)));
-            let mut a = [i0, i1, i0, i1, i0, i1, i0, i1];
-            for (t, &off) in offsets.iter().enumerate() {
-                let (w0, w1) = (_mm256_loadu_ps(wp.add(t * 16)), _mm256_loadu_ps(wp.add(t * 16 + 8)));
-                for p in 0..4 {
-                    let s = tp.add(bases[p] + off);
-                    a[2 * p] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(s), a[2 * p]);
-                    a[2 * p + 1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(s.add(8)), a[2 * p + 1]);
-                }
-            }
-            let mut v = a;
-            let mut mult = [_mm256_setzero_ps(); 8];
-            for h in 0..2 {
-                let m = _mm256_loadu_ps(rq.mult.as_ptr().add(8 * h));
-                let bias = _mm256_loadu_si256(rq.bias.as_ptr().add(8 * h) as *const __m256i);
-                for p in 0..4 {
-                    mult[2 * p + h] = m;
-                    if !rq.folded {
-                        v[2 * p + h] = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_cvttps_epi32(v[2 * p + h]), bias));
-                    }
-                }
-            }
-            requant_pack(v, mult, rq.lo, rq.hi, rq.zero_point, transpose)
-        }
-    }
-
-    /// Requantises eight vectors of sums (`v[2p]`, `v[2p + 1]`: vector p's
-    /// 16 lanes) to 64 code bytes, in `super::depthwise_block`'s orders.
-    /// Inlined into AVX2 functions only.
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn requant_pack(v: [std::arch::x86_64::__m256; 8], mult: [std::arch::x86_64::__m256; 8], lo: f32, hi: f32, zero_point: i32, transpose: bool) -> [u32; 16] {
-        use std::arch::x86_64::*;
-        // The code type is signed (i8) when its least code, lo + zero point, is negative.
-        let signed = lo + (zero_point as f32) < 0.0;
-        // SAFETY: called from AVX2 functions; the stores write 64 bytes into `codes`.
-        unsafe {
-            let mut codes = [0u32; 16];
-            let o = codes.as_mut_ptr() as *mut __m256i;
-            let mut c = [_mm256_setzero_si256(); 8];
-            if !transpose {
-                // Round with the conversion (round half to even, the default
-                // mode) and clamp with the saturating packs: the same codes as
-                // clamping first, since the bounds are integers. Capped below
-                // 2^31 first, where the conversion would give i32::MIN.
-                let (cap, zp) = (_mm256_set1_ps(1_073_741_824.0), _mm256_set1_epi32(zero_point));
-                for i in 0..8 {
-                    c[i] = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_min_ps(_mm256_mul_ps(v[i], mult[i]), cap)), zp);
-                }
-                // Each vector's 16 codes to 16 bytes: the packs work within
-                // 128-bit halves, so the dwords are put back in order after.
-                let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-                for half in 0..2 {
-                    let (p0, p1) = (2 * half, 2 * half + 1);
-                    let w0 = _mm256_packs_epi32(c[2 * p0], c[2 * p0 + 1]);
-                    let w1 = _mm256_packs_epi32(c[2 * p1], c[2 * p1 + 1]);
-                    let bytes = if signed { _mm256_packs_epi16(w0, w1) } else { _mm256_packus_epi16(w0, w1) };
-                    _mm256_storeu_si256(o.add(half), _mm256_permutevar8x32_epi32(bytes, order));
-                }
-                return codes;
-            }
-            let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-            const MAGIC: f32 = 12_582_912.0;
-            let magic = _mm256_set1_ps(MAGIC);
-            let offset = _mm256_set1_epi32((MAGIC.to_bits() as i32).wrapping_sub(zero_point));
-            let byte = _mm256_set1_epi32(0xff);
-            for i in 0..8 {
-                // The scalar `requantize`: multiply, clamp, round by the magic number.
-                let x = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v[i], mult[i]), lo), hi);
-                let code = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(x, magic)), offset);
-                // The low byte is the code's bits whether it is u8 or i8.
-                c[i] = _mm256_and_si256(code, byte);
-            }
-            // Lane l of vector p becomes byte p of u32 l.
-            for h in 0..2 {
-                let (c0, c1, c2, c3) = (c[h], _mm256_slli_epi32::<8>(c[2 + h]), _mm256_slli_epi32::<16>(c[4 + h]), _mm256_slli_epi32::<24>(c[6 + h]));
-                _mm256_storeu_si256(o.add(h), _mm256_or_si256(_mm256_or_si256(c0, c1), _mm256_or_si256(c2, c3)));
-            }
-            codes
-        }
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    pub unsafe fn depthwise_block_avx2(w: &[f32], tile: &[f32], offsets: &[usize], bases: &[usize; super::SUMS], rq: &super::BlockRequant, transpose: bool) -> [u32; super::LANES] {
-        super::depthwise_block(w, tile, offsets, bases, rq, false, transpose)
-    }
-
 }
 
 #[cfg(test)]

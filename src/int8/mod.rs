@@ -20,8 +20,11 @@
 //! Everything else (residual Adds, pooling, the classifier Gemm, attention)
 //! stays with tract, between a DequantizeLinear and a QuantizeLinear.
 
+mod depthwise;
+mod gemm;
 pub mod kernels;
 mod op;
+mod simd;
 
 use std::collections::HashMap;
 

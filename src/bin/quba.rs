@@ -212,6 +212,11 @@ fn main() {
         Cmd::Device { cmd: DeviceCmd::Run(a) } => run_device(&a).map(|_| ()),
     };
     if let Err(e) = r {
+        // A reader that stopped early (`quba export RUN | head`) is no failure
+        // of ours: stop quietly, as other Unix tools do.
+        if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+            std::process::exit(0);
+        }
         eprintln!("quba: error: {e:#}");
         std::process::exit(1);
     }

@@ -160,6 +160,19 @@ fn device_process_to_host_results_match_onnxruntime() {
 }
 
 #[test]
+fn export_into_a_closed_pipe_stops_quietly() {
+    let t = tmp!("epipe");
+    let dir = t.join("fp32");
+    pipe_run("tiny-cnn.fp32.onnx", &dir, &[]);
+    let mut child = Command::new(QUBA).arg("export").arg(&dir).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // The reader is gone before the first record is written (as `| head -0`).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn int8_models_agree_with_onnxruntime_and_carry_their_format() {
     let t = tmp!("int8");
     for (file, format) in [("tiny-cnn.int8.onnx", "qdq"), ("tiny-cnn.int8-qop.onnx", "qoperator")] {

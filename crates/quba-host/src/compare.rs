@@ -187,14 +187,7 @@ pub fn compare(a: &Run, b: &Run, opts: &CompareOptions) -> Result<Comparison> {
             // drawn) is dropped; if many are, the interval would mislead.
             let interval = (opts.bootstrap > 0 && ds.len() * 10 >= opts.bootstrap * 9)
                 .then(|| (quantile_sorted(ds, 0.025), quantile_sorted(ds, 0.975)));
-            let verdict = match (delta, interval) {
-                (Some(d), _) if d.abs() <= opts.tolerance => Verdict::Equal,
-                (Some(_), Some((lo, hi))) if lo <= 0.0 && 0.0 <= hi => Verdict::Equal,
-                (Some(_), Some(_)) => Verdict::Differs,
-                // Without resamples only an exact match can be called equal.
-                (Some(_), None) if opts.bootstrap == 0 => Verdict::Differs,
-                _ => Verdict::Unknown,
-            };
+            let verdict = verdict(delta, interval, opts);
             DimensionDelta { dimension, a: va, b: vb, delta, interval, verdict }
         })
         .collect();
@@ -265,5 +258,49 @@ impl Comparison {
         }
         s += &format!("equal: the paired 95% interval holds 0 or |b − a| ≤ {}\n", self.tolerance);
         s
+    }
+}
+
+/// A dimension's verdict from its delta b − a and the delta's paired 95 %
+/// interval (`None` when there were no, or too few, resamples).
+fn verdict(delta: Option<f64>, interval: Option<(f64, f64)>, opts: &CompareOptions) -> Verdict {
+    match (delta, interval) {
+        (Some(d), _) if d.abs() <= opts.tolerance => Verdict::Equal,
+        (Some(_), Some((lo, hi))) if lo <= 0.0 && 0.0 <= hi => Verdict::Equal,
+        (Some(_), Some(_)) => Verdict::Differs,
+        // Without resamples only an exact match can be called equal.
+        (Some(_), None) if opts.bootstrap == 0 => Verdict::Differs,
+        _ => Verdict::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTS: CompareOptions = CompareOptions { bootstrap: 200, seed: 0, tolerance: DEFAULT_TOLERANCE };
+
+    #[test]
+    fn deltas_within_the_tolerance_are_equal_whatever_the_interval() {
+        // Float rounding on another CPU: a tight interval that excludes 0.
+        assert_eq!(verdict(Some(3e-7), Some((2e-7, 4e-7)), &OPTS), Verdict::Equal);
+        assert_eq!(verdict(Some(-DEFAULT_TOLERANCE), Some((-2e-3, -5e-4)), &OPTS), Verdict::Equal);
+    }
+
+    #[test]
+    fn beyond_the_tolerance_the_interval_decides() {
+        assert_eq!(verdict(Some(0.02), Some((-0.01, 0.05)), &OPTS), Verdict::Equal);
+        assert_eq!(verdict(Some(0.02), Some((0.005, 0.04)), &OPTS), Verdict::Differs);
+        assert_eq!(verdict(Some(-0.02), Some((-0.04, -0.005)), &OPTS), Verdict::Differs);
+    }
+
+    #[test]
+    fn without_an_interval_only_the_tolerance_can_say_equal() {
+        let none = CompareOptions { bootstrap: 0, ..OPTS };
+        assert_eq!(verdict(Some(0.0), None, &none), Verdict::Equal);
+        assert_eq!(verdict(Some(0.02), None, &none), Verdict::Differs);
+        // Resamples were asked for but too many were undefined: no verdict.
+        assert_eq!(verdict(Some(0.02), None, &OPTS), Verdict::Unknown);
+        assert_eq!(verdict(None, Some((0.0, 1.0)), &OPTS), Verdict::Unknown);
     }
 }

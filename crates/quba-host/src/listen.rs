@@ -122,3 +122,104 @@ fn serve(listener: &TcpListener, root: &Path, token: &str, timeout: Option<Durat
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Failure, FrameEncoder, Message, ProbeSet};
+    use std::net::TcpStream;
+    use std::sync::mpsc;
+
+    /// Collects what `run` announces, line by line, for the test to read
+    /// while the listener runs.
+    struct Lines(mpsc::Sender<String>, Vec<u8>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.1.extend_from_slice(buf);
+            while let Some(i) = self.1.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.1.drain(..=i).collect();
+                let _ = self.0.send(String::from_utf8_lossy(&line).trim_end().to_string());
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("quba-listen-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    /// A board that presents `token`, then one sample's failure and hangs up.
+    fn board(addr: &str, token: &str) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let mut enc = FrameEncoder::new();
+        s.write_all(enc.encode(&Message::Hello { token: token.into() }).unwrap()).unwrap();
+        let failure = Failure { set: ProbeSet::Clean, sample: 7, path: "x.png".try_into().unwrap(), message: "unreadable".try_into().unwrap() };
+        s.write_all(enc.encode(&Message::Failure(failure)).unwrap()).unwrap();
+    }
+
+    fn listen_in_background(args: ListenArgs) -> (String, String, std::thread::JoinHandle<Result<()>>) {
+        let (tx, rx) = mpsc::channel();
+        let h = std::thread::spawn(move || run(&args, &mut Lines(tx, Vec::new())));
+        let first = rx.recv_timeout(Duration::from_secs(10)).expect("the listener announces itself");
+        // "listening on ADDR token TOKEN": scripts read it word by word.
+        let w: Vec<&str> = first.split(' ').collect();
+        assert_eq!((w.len(), w[0], w[1], w[3]), (5, "listening", "on", "token"), "{first}");
+        let (addr, token) = (w[2].to_string(), w[4].to_string());
+        assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{addr}");
+        let hint = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(hint.contains(&format!("--out tcp://{addr} --token {token}")), "{hint}");
+        (addr, token, h)
+    }
+
+    fn args(runs_dir: &Path, streams: usize) -> ListenArgs {
+        ListenArgs {
+            bind: "127.0.0.1:0".into(),
+            run_dir: None,
+            runs_dir: Some(runs_dir.to_path_buf()),
+            streams: Some(streams),
+            max_connections: 1,
+            idle_timeout_s: 10,
+            token: None,
+        }
+    }
+
+    #[test]
+    fn tokens_are_fresh_128_bit_hex() {
+        let (a, b) = (new_token().unwrap(), new_token().unwrap());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn streams_with_a_wrong_token_are_refused_and_leave_no_run() {
+        let root = scratch("wrong-token");
+        let (addr, token, h) = listen_in_background(args(&root, 2));
+        // One board with a stale token, one with none at all; each is refused
+        // without stopping the listener, and neither leaves a run directory.
+        board(&addr, &format!("{token}x"));
+        board(&addr, "");
+        let e = h.join().unwrap().unwrap_err().to_string();
+        assert!(e.starts_with("2 of 2 streams failed or were refused"), "{e}");
+        let left: Vec<_> = std::fs::read_dir(&root).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        assert!(left.is_empty(), "refused streams left {left:?}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_stream_without_a_header_is_an_error_naming_its_peer() {
+        let dir = scratch("no-header");
+        let a = ListenArgs { run_dir: Some(dir.clone()), runs_dir: None, streams: None, ..args(&dir, 1) };
+        let (addr, token, h) = listen_in_background(a);
+        board(&addr, &token);
+        let e = h.join().unwrap().unwrap_err().to_string();
+        assert!(e.starts_with("tcp 127.0.0.1:") && e.contains("no valid run header arrived"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

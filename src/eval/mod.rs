@@ -8,11 +8,13 @@
 //! ([`session`]), a few at a time ([`pool`]), and builds the report from the
 //! run directories they left.
 
+mod ledger;
 mod pool;
 mod remote;
 mod session;
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -20,9 +22,11 @@ use quba_host::board::{self, Board};
 use quba_host::deploy::Ssh;
 use quba_host::output::{self, ReportFiles, ScoringArgs};
 use quba_host::progress::{self, Progress};
+use quba_host::ingest::{self, MANIFEST_FILE};
 use quba_host::report::Report;
 
 use crate::suite::{RunArgs, SuiteArgs};
+pub use ledger::{Entry, Ledger, LEDGER_FILE};
 pub use pool::run_all;
 
 /// The embedded default: the zoo trained on the synthetic benchmark, which the
@@ -37,10 +41,12 @@ pub struct EvalArgs {
     pub models: Vec<PathBuf>,
     #[command(flatten)]
     pub suite: SuiteArgs,
-    /// Continue interrupted runs (run directories `quba eval` made) where they stopped: the
-    /// device starts again with the run's own model and suite arguments and is told what the
-    /// host already holds, so no sample is lost or counted twice. Launch flags (--board,
-    /// --ssh, --launcher, --device-bin) are taken from this command line.
+    /// Continue an interrupted evaluation (its runs directory, which holds eval.json) or
+    /// interrupted runs (run directories `quba eval` made) where they stopped: each device
+    /// starts again with the run's own model and suite arguments and is told what the host
+    /// already holds, so no sample is lost or counted twice; an evaluation's models that
+    /// never started run now. Launch flags (--board, --ssh, --launcher, --device-bin) are
+    /// taken from this command line.
     #[arg(long, num_args = 1.., conflicts_with = "models")]
     pub resume: Vec<PathBuf>,
     /// Sleep this long on the device after each batch (a passively cooled board's breathing room).
@@ -92,16 +98,23 @@ pub struct EvalArgs {
 /// One device run of the plan.
 #[derive(Clone, Debug)]
 pub enum Job {
-    /// A new run directory for this model and these arguments.
-    Fresh(RunArgs),
+    /// A new run directory for this model and these arguments (`dir`: one
+    /// claimed already, by an evaluation that was cut before the run began).
+    Fresh { run: RunArgs, dir: Option<PathBuf> },
     /// An interrupted run, continued with the arguments it was started with.
     Resume { dir: PathBuf, run: RunArgs },
 }
 
 impl Job {
+    pub fn run(&self) -> &RunArgs {
+        match self {
+            Job::Fresh { run, .. } | Job::Resume { run, .. } => run,
+        }
+    }
+
     pub fn model(&self) -> &Path {
         match self {
-            Job::Fresh(r) | Job::Resume { run: r, .. } => &r.model,
+            Job::Fresh { run: r, .. } | Job::Resume { run: r, .. } => &r.model,
         }
     }
 }
@@ -120,6 +133,9 @@ pub struct Plan {
     /// Device processes at once.
     pub workers: usize,
     pub runs_dir: PathBuf,
+    /// Keep `RUNS_DIR/eval.json` (a fresh evaluation, or one resumed whole);
+    /// resuming single run directories leaves the runs directory's alone.
+    pub ledger: bool,
     pub progress: progress::Mode,
     /// results.json.
     pub out: PathBuf,
@@ -133,12 +149,22 @@ impl Plan {
     /// flags, and the files to write.
     pub fn new(a: &EvalArgs) -> Result<Plan> {
         a.scoring.weights()?;
-        let mut jobs: Vec<Job> = if !a.resume.is_empty() {
-            a.resume.iter().map(|d| Ok(Job::Resume { dir: d.clone(), run: session::resume_args(d)? })).collect::<Result<_>>()?
-        } else {
-            let models = if a.models.is_empty() { zoo_models()? } else { a.models.clone() };
-            let run = |model: PathBuf| RunArgs { model, suite: a.suite.clone(), run_id: None, pause_ms: a.pause_ms, resume_from: None };
-            models.into_iter().map(|m| Job::Fresh(run(m))).collect()
+        let whole = a.resume.iter().find(|d| Ledger::is_in(d));
+        let (mut jobs, runs_dir): (Vec<Job>, PathBuf) = match whole {
+            Some(d) if a.resume.len() > 1 => bail!(
+                "--resume {}: an evaluation's runs directory (it holds {LEDGER_FILE}) is resumed on its own, not beside other runs",
+                d.display()
+            ),
+            Some(d) => (resume_evaluation(d)?, d.clone()),
+            None if !a.resume.is_empty() => {
+                let jobs = a.resume.iter().map(|d| Ok(Job::Resume { dir: d.clone(), run: session::resume_args(d)? })).collect::<Result<_>>()?;
+                (jobs, a.runs_dir.clone())
+            }
+            None => {
+                let models = if a.models.is_empty() { zoo_models()? } else { a.models.clone() };
+                let run = |model: PathBuf| RunArgs { model, suite: a.suite.clone(), run_id: None, pause_ms: a.pause_ms, resume_from: None };
+                (models.into_iter().map(|m| Job::Fresh { run: run(m), dir: None }).collect(), a.runs_dir.clone())
+            }
         };
         let mut launcher = words(a.launcher.as_deref());
         let mut device_bin = a.device_bin.clone();
@@ -170,9 +196,12 @@ impl Plan {
             if workers.is_none() && b.jobs > 0 {
                 workers = Some(b.jobs);
             }
-            for j in &mut jobs {
-                if let Job::Fresh(r) = j {
-                    r.suite.per_class.get_or_insert(b.per_class);
+            // Resumed runs keep the arguments they were started with.
+            if a.resume.is_empty() {
+                for j in &mut jobs {
+                    if let Job::Fresh { run, .. } = j {
+                        run.suite.per_class.get_or_insert(b.per_class);
+                    }
                 }
             }
             for j in &jobs {
@@ -197,12 +226,30 @@ impl Plan {
             ssh,
             board,
             workers,
-            runs_dir: a.runs_dir.clone(),
+            ledger: a.resume.is_empty() || whole.is_some(),
             progress: a.progress,
-            out: a.out.clone().unwrap_or_else(|| a.runs_dir.join("results.json")),
-            files: a.files.defaulted_in(&a.runs_dir),
+            out: a.out.clone().unwrap_or_else(|| runs_dir.join("results.json")),
+            files: a.files.defaulted_in(&runs_dir),
+            runs_dir,
             scoring: a.scoring.clone(),
         })
+    }
+
+    /// The ledger of this plan before any new run directory is claimed.
+    fn ledger_now(&self) -> Ledger {
+        let name = |d: &Path| d.file_name().map(|n| n.to_string_lossy().into_owned());
+        Ledger::new(
+            self.jobs
+                .iter()
+                .map(|j| Entry {
+                    args: j.run().to_args(),
+                    dir: match j {
+                        Job::Fresh { dir, .. } => dir.as_deref().and_then(name),
+                        Job::Resume { dir, .. } => name(dir),
+                    },
+                })
+                .collect(),
+        )
     }
 
     /// The command prefix of a device process on this machine: the launcher,
@@ -243,9 +290,29 @@ pub fn run(plan: &Plan) -> Result<Report> {
         None => plan.local_device_command()?,
     };
     let launcher = session::Launcher { base, remote: remote.as_ref() };
+    let ledger = plan.ledger.then(|| Mutex::new(plan.ledger_now()));
+    if let Some(l) = &ledger {
+        l.lock().unwrap().write(&plan.runs_dir)?;
+    }
     let shown = Progress::new(plan.progress);
-    let results = pool::run_all(&plan.jobs, plan.workers, |_, job| match job {
-        Job::Fresh(run) => session::fresh(&launcher, &plan.runs_dir, run.clone(), &shown),
+    let results = pool::run_all(&plan.jobs, plan.workers, |i, job| match job {
+        Job::Fresh { run, dir } => {
+            let dir = match dir {
+                Some(d) => d.clone(),
+                None => {
+                    let d = ingest::run_dir_for(&plan.runs_dir, &session::run_name(run));
+                    // On record before the device starts: a cut from here on
+                    // leaves a run that `--resume RUNS_DIR` continues.
+                    if let Some(l) = &ledger {
+                        let mut l = l.lock().unwrap();
+                        l.jobs[i].dir = d.file_name().map(|n| n.to_string_lossy().into_owned());
+                        l.write(&plan.runs_dir)?;
+                    }
+                    d
+                }
+            };
+            session::fresh(&launcher, &dir, run.clone(), &shown)
+        }
         Job::Resume { dir, run } => session::resume(&launcher, dir, run.clone(), &shown),
     });
     let dirs: Vec<PathBuf> = results.into_iter().flatten().collect::<Result<_>>()?;
@@ -265,6 +332,30 @@ fn warn_over_budget(rep: &Report, b: &Board) {
             eprintln!("warning: {} peaked at {peak_mb} MB, over the {} budget of {} MB", run.header.model_name, b.name, b.memory_budget_mb);
         }
     }
+}
+
+/// The jobs of the evaluation whose runs directory is `d`: its runs that
+/// started are resumed (or found complete), the others start now, in the
+/// order of the original command.
+fn resume_evaluation(d: &Path) -> Result<Vec<Job>> {
+    let ledger = Ledger::read(d)?;
+    ledger
+        .jobs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let dir = e.dir.as_ref().map(|n| d.join(n));
+            match dir {
+                Some(dir) if dir.join(MANIFEST_FILE).is_file() => Ok(Job::Resume { run: session::resume_args(&dir)?, dir }),
+                // Claimed, but cut before its run log began: it starts there.
+                dir => {
+                    let run = session::parse_run_args(&e.args)
+                        .with_context(|| format!("{}: job {i}'s device arguments do not parse", d.join(LEDGER_FILE).display()))?;
+                    Ok(Job::Fresh { run, dir })
+                }
+            }
+        })
+        .collect()
 }
 
 /// Every .onnx file of the shipped zoo, sorted.
@@ -308,7 +399,8 @@ mod tests {
         let p = plan(&["--runs-dir", "somewhere", "--html", "/tmp/r.html"]).unwrap();
         let zoo = zoo_models().unwrap();
         assert_eq!(p.jobs.len(), zoo.len());
-        assert!(p.jobs.iter().zip(&zoo).all(|(j, m)| matches!(j, Job::Fresh(r) if &r.model == m && r.suite.per_class.is_none())));
+        assert!(p.jobs.iter().zip(&zoo).all(|(j, m)| matches!(j, Job::Fresh { run, dir: None } if &run.model == m && run.suite.per_class.is_none())));
+        assert!(p.ledger);
         assert!((1..=zoo.len()).contains(&p.workers));
         assert_eq!(p.out, PathBuf::from("somewhere/results.json"));
         assert_eq!(p.files.html, Some(PathBuf::from("/tmp/r.html")));

@@ -25,27 +25,37 @@ fn stem(model: &Path) -> String {
     model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
 }
 
-/// Runs `run` in a new run directory under `runs_dir`; the directory, also
-/// when the device stopped early (what arrived is kept, and `--resume`
-/// continues it).
-pub fn fresh(l: &Launcher, runs_dir: &Path, run: RunArgs, progress: &Progress) -> Result<PathBuf> {
-    // A shard listed beside whole runs must not pass for one.
-    let name = match run.suite.shard {
+/// The name a run's directory starts with: the model's file stem, and the
+/// shard for a shard's run (a shard listed beside whole runs must not pass
+/// for one).
+pub fn run_name(run: &RunArgs) -> String {
+    match run.suite.shard {
         Some(s) => format!("{}.shard{}of{}", stem(&run.model), s.index, s.count),
         None => stem(&run.model),
-    };
-    let dir = ingest::run_dir_for(runs_dir, &name);
-    let log = RunLog::create(&dir, &format!("device process for {}", run.model.display()), Some(Launch { args: run.to_args() }))?;
+    }
+}
+
+/// Runs `run` into `dir`, a new (empty) run directory; the directory, also
+/// when the device stopped early (what arrived is kept, and `--resume`
+/// continues it).
+pub fn fresh(l: &Launcher, dir: &Path, run: RunArgs, progress: &Progress) -> Result<PathBuf> {
+    let log = RunLog::create(dir, &format!("device process for {}", run.model.display()), Some(Launch { args: run.to_args() }))?;
     session(l, run, log, None, progress)
 }
 
-/// The arguments an interrupted run was started with (its manifest's launch).
-pub fn resume_args(dir: &Path) -> Result<RunArgs> {
+/// Device arguments as `RunArgs::to_args` wrote them.
+pub fn parse_run_args(args: &[String]) -> Result<RunArgs, clap::Error> {
     #[derive(Parser)]
     struct Stored {
         #[command(flatten)]
         run: RunArgs,
     }
+    let argv = std::iter::once("quba-device".to_string()).chain(args.iter().cloned());
+    Ok(Stored::try_parse_from(argv)?.run)
+}
+
+/// The arguments an interrupted run was started with (its manifest's launch).
+pub fn resume_args(dir: &Path) -> Result<RunArgs> {
     let m = Manifest::read(dir)?;
     let launch = m.launch.with_context(|| {
         format!(
@@ -55,9 +65,7 @@ pub fn resume_args(dir: &Path) -> Result<RunArgs> {
             m.source
         )
     })?;
-    let argv = std::iter::once("quba-device".to_string()).chain(launch.args.iter().cloned());
-    let run = Stored::try_parse_from(argv).with_context(|| format!("{}: the manifest's launch arguments do not parse", dir.display()))?.run;
-    Ok(run)
+    parse_run_args(&launch.args).with_context(|| format!("{}: the manifest's launch arguments do not parse", dir.display()))
 }
 
 /// Continues the interrupted run in `dir`, started with `run` (see `--resume`).

@@ -299,3 +299,121 @@ fn eight_concurrent_streams_one_of_them_garbage() {
     }
     let _ = std::fs::remove_dir_all(&t);
 }
+
+/// The names of the run directories `quba eval` claimed in `runs`, by model.
+fn claimed(runs: &Path) -> Vec<Option<String>> {
+    let Ok(text) = std::fs::read_to_string(runs.join("eval.json")) else { return vec![] };
+    let l: Value = serde_json::from_str(&text).unwrap();
+    l["jobs"].as_array().unwrap().iter().map(|j| j["dir"].as_str().map(String::from)).collect()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(120), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// results.json without what differs between any two runs of the same
+/// evaluation: where the runs live and how long they took.
+fn results_without_run_facts(runs: &Path) -> Value {
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(runs.join("results.json")).unwrap()).unwrap();
+    for m in v["models"].as_array_mut().unwrap() {
+        let run = m.as_object_mut().unwrap().remove("run").unwrap();
+        assert_eq!(run["status"], "complete", "{run}");
+    }
+    v
+}
+
+/// A whole evaluation of three models, one device at a time, cut four times
+/// (the host before its first run, the host after its first run, the device
+/// in the middle of the second model, the host during the last) and resumed
+/// each time with `quba eval --resume RUNS_DIR`: every model of the original
+/// command is evaluated, the ones never started included, and results.json
+/// equals the uninterrupted evaluation's.
+#[test]
+fn a_whole_evaluation_resumes_from_its_runs_directory() {
+    let t = tmp!("whole-eval");
+    let models = ["models/zoo/cnn-baseline.fp32.onnx", "models/zoo/cnn-baseline.int8.onnx", "models/zoo/mobilenet-relu6.fp32.onnx"];
+    let start = |runs: &Path, pause: &str| {
+        let mut c = eval(runs, &["--jobs", "1", "--pause-ms", pause]);
+        for m in models {
+            c.arg("--model").arg(root().join(m));
+        }
+        c.args(ARGS);
+        c
+    };
+    let resume = |runs: &Path| eval(runs, &["--jobs", "1", "--resume", runs.to_str().unwrap()]);
+    let whole_runs = t.join("whole");
+    let whole = start(&whole_runs, "0").spawn().unwrap();
+
+    let runs = t.join("cut");
+    // 1. The host, once the evaluation is on record but before any device ran.
+    let mut host = start(&runs, "60").spawn().unwrap();
+    wait_until("eval.json", || claimed(&runs).len() == 3);
+    host.kill().unwrap();
+    host.wait().unwrap();
+    let before = claimed(&runs);
+    assert!(before.iter().filter(|d| d.is_some()).count() <= 1, "{before:?}");
+
+    // 2. The host again, once the second model's run directory is claimed.
+    let mut host = resume(&runs).spawn().unwrap();
+    wait_until("the second run directory", || claimed(&runs).get(1).is_some_and(|d| d.is_some()));
+    host.kill().unwrap();
+    host.wait().unwrap();
+    let first = runs.join(claimed(&runs)[0].clone().unwrap());
+    assert_eq!(Run::load(&first).unwrap().status, quba_host::ingest::RunStatus::Complete, "model 1 ran to its end before model 2 began");
+    assert!(claimed(&runs)[2].is_none(), "model 3 never started");
+
+    // 3. The device, half-way through the second model (the host keeps its
+    //    records, reports the run as stopped early and goes on to model 3).
+    let mut host = resume(&runs).spawn().unwrap();
+    let second = runs.join(claimed(&runs)[1].clone().unwrap());
+    wait_until("records of model 2", || Run::load(&second).is_ok_and(|r| r.records.len() > 20));
+    let mut killed = false;
+    wait_until("model 2's device", || {
+        killed = device_child(host.id()).is_some_and(sigkill);
+        killed || host.try_wait().unwrap().is_some()
+    });
+    assert!(killed, "model 2's device was gone before the kill");
+    // 4. The host, during model 3.
+    wait_until("the third run directory", || claimed(&runs).get(2).is_some_and(|d| d.is_some()));
+    host.kill().unwrap();
+    host.wait().unwrap();
+    assert_ne!(Run::load(&second).unwrap().status, quba_host::ingest::RunStatus::Complete, "model 2 was cut");
+
+    check(resume(&runs).output().unwrap(), "the last quba eval --resume RUNS_DIR");
+    check(whole.wait_with_output().unwrap(), "the uninterrupted quba eval");
+    let dirs = claimed(&runs);
+    assert_eq!(dirs.len(), 3);
+    assert_eq!([runs.join(dirs[0].as_ref().unwrap()), runs.join(dirs[1].as_ref().unwrap())], [first, second], "resumes continue the runs that began");
+    for (d, w) in dirs.iter().zip(claimed(&whole_runs)) {
+        let (a, b) = (Run::load(&whole_runs.join(w.unwrap())).unwrap(), Run::load(&runs.join(d.as_ref().unwrap())).unwrap());
+        assert_eq!(b.status, quba_host::ingest::RunStatus::Complete);
+        let sorted = |r: &Run| {
+            let mut v = r.records.clone();
+            v.sort_by_key(|r| (r.set, r.sample));
+            v
+        };
+        assert_eq!(sorted(&b), sorted(&a), "{}: every record, bit for bit", b.dir.display());
+    }
+    assert_eq!(results_without_run_facts(&runs), results_without_run_facts(&whole_runs));
+    // Resuming a finished evaluation runs nothing and writes the same results.
+    let out = check(resume(&runs).output().unwrap(), "resuming a finished evaluation");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).matches("nothing to resume").count(), 3);
+    assert_eq!(results_without_run_facts(&runs), results_without_run_facts(&whole_runs));
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+#[test]
+fn an_evaluation_is_resumed_on_its_own() {
+    let t = tmp!("whole-eval-alone");
+    let runs = t.join("runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    std::fs::write(runs.join("eval.json"), r#"{"schema": "quba-eval/1", "jobs": []}"#).unwrap();
+    let out = eval(&runs, &["--resume", runs.to_str().unwrap(), t.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is resumed on its own"), "{err}");
+    let _ = std::fs::remove_dir_all(&t);
+}

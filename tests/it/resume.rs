@@ -307,14 +307,6 @@ fn claimed(runs: &Path) -> Vec<Option<String>> {
     l["jobs"].as_array().unwrap().iter().map(|j| j["dir"].as_str().map(String::from)).collect()
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(120), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// results.json without what differs between any two runs of the same
 /// evaluation: where the runs live and how long they took.
 fn results_without_run_facts(runs: &Path) -> Value {
@@ -351,7 +343,7 @@ fn a_whole_evaluation_resumes_from_its_runs_directory() {
     let runs = t.join("cut");
     // 1. The host, once the evaluation is on record but before any device ran.
     let mut host = start(&runs, "60").spawn().unwrap();
-    wait_until("eval.json", || claimed(&runs).len() == 3);
+    wait_for("eval.json", || claimed(&runs).len() == 3);
     host.kill().unwrap();
     host.wait().unwrap();
     let before = claimed(&runs);
@@ -359,7 +351,7 @@ fn a_whole_evaluation_resumes_from_its_runs_directory() {
 
     // 2. The host again, once the second model's run directory is claimed.
     let mut host = resume(&runs).spawn().unwrap();
-    wait_until("the second run directory", || claimed(&runs).get(1).is_some_and(|d| d.is_some()));
+    wait_for("the second run directory", || claimed(&runs).get(1).is_some_and(|d| d.is_some()));
     host.kill().unwrap();
     host.wait().unwrap();
     let first = runs.join(claimed(&runs)[0].clone().unwrap());
@@ -370,15 +362,15 @@ fn a_whole_evaluation_resumes_from_its_runs_directory() {
     //    records, reports the run as stopped early and goes on to model 3).
     let mut host = resume(&runs).spawn().unwrap();
     let second = runs.join(claimed(&runs)[1].clone().unwrap());
-    wait_until("records of model 2", || Run::load(&second).is_ok_and(|r| r.records.len() > 20));
+    wait_for("records of model 2", || Run::load(&second).is_ok_and(|r| r.records.len() > 20));
     let mut killed = false;
-    wait_until("model 2's device", || {
+    wait_for("model 2's device", || {
         killed = device_child(host.id()).is_some_and(sigkill);
         killed || host.try_wait().unwrap().is_some()
     });
     assert!(killed, "model 2's device was gone before the kill");
     // 4. The host, during model 3.
-    wait_until("the third run directory", || claimed(&runs).get(2).is_some_and(|d| d.is_some()));
+    wait_for("the third run directory", || claimed(&runs).get(2).is_some_and(|d| d.is_some()));
     host.kill().unwrap();
     host.wait().unwrap();
     assert_ne!(Run::load(&second).unwrap().status, quba_host::ingest::RunStatus::Complete, "model 2 was cut");

@@ -7,7 +7,6 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use crate::util::*;
@@ -270,14 +269,6 @@ fn flipped_bytes_lose_only_damaged_frames() {
     let _ = std::fs::remove_dir_all(&t);
 }
 
-fn wait_for(mut f: impl FnMut() -> bool, what: &str) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < Duration::from_secs(120), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn killed_device_loses_nothing_already_received() {
     let t = tmp!("kill");
@@ -295,7 +286,7 @@ fn killed_device_loses_nothing_already_received() {
         .spawn()
         .unwrap();
     let log = dir.join("records.qlog");
-    wait_for(|| std::fs::metadata(&log).map(|m| m.len() > 2_000).unwrap_or(false), "records to arrive");
+    wait_for("records to arrive", || std::fs::metadata(&log).map(|m| m.len() > 2_000).unwrap_or(false));
     dev.kill().unwrap();
     dev.wait().unwrap();
     let status = ingest.wait().unwrap();

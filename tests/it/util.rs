@@ -24,6 +24,16 @@ pub fn tmp_dir(module: &str, name: &str) -> PathBuf {
     d
 }
 
+/// Polls `f` until it holds; a test that waits on a process it started
+/// fails after two minutes rather than hanging CI.
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(120), "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 macro_rules! tmp {
     ($name:expr) => {
         $crate::util::tmp_dir(module_path!(), &$name)

@@ -7,7 +7,7 @@
 //! and report the same numbers.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -250,16 +250,8 @@ fn resume_refuses_what_it_cannot_continue() {
 fn eight_concurrent_streams_one_of_them_garbage() {
     let t = tmp!("listen");
     let runs = t.join("runs");
-    let mut host = Command::new(QUBA)
-        .args(["listen", "--bind", "127.0.0.1:0", "--token", "fleet-token", "--streams", "8", "--max-connections", "8", "--runs-dir"])
-        .arg(&runs)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(host.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let addr = first.split_whitespace().nth(2).unwrap().to_string();
+    let args = ["--bind", "127.0.0.1:0", "--token", "fleet-token", "--streams", "8", "--max-connections", "8", "--runs-dir"];
+    let (host, addr) = listen(&args.iter().map(std::ffi::OsStr::new).chain([runs.as_os_str()]).collect::<Vec<_>>());
     let boards: Vec<Child> = (0..7)
         .map(|_| {
             Command::new(DEVICE)

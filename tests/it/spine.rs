@@ -4,7 +4,7 @@
 //! reports it. Expected values come from onnxruntime on the same files
 //! (`tests/data/tiny/ort_reference.json`, written by the same script).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -312,16 +312,8 @@ fn tcp_stream_needs_the_token() {
     let t = tmp!("tcp");
     for (i, good) in [(0, true), (1, false)] {
         let dir = t.join(format!("run{i}"));
-        let mut host = Command::new(QUBA)
-            .args(["listen", "--bind", "127.0.0.1:0", "--token", "s3cret", "--run-dir"])
-            .arg(&dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(host.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let addr = first.split_whitespace().nth(2).unwrap().to_string();
+        let args = ["--bind", "127.0.0.1:0", "--token", "s3cret", "--run-dir"];
+        let (mut host, addr) = listen(&args.iter().map(std::ffi::OsStr::new).chain([dir.as_os_str()]).collect::<Vec<_>>());
         let token = if good { "s3cret" } else { "guess" };
         let dev = run(&mut device("tiny-cnn.fp32.onnx", &["--out", &format!("tcp://{addr}"), "--token", token]));
         let status = host.wait().unwrap();

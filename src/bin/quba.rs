@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use quba_edge::eval::{self, EvalArgs};
 use quba_edge::suite::{run_device, DeviceArgs};
-use quba_host::compare::DEFAULT_TOLERANCE;
+use quba_host::compare::{Margins, DEFAULT_MARGIN_FRACTION};
 use quba_host::ingest::{self, summary};
 use quba_host::listen::{self, ListenArgs};
 use quba_host::output::{self, NormArg, ReportFiles, ScoringArgs};
@@ -137,9 +137,13 @@ struct CompareArgs {
     bootstrap: usize,
     #[arg(long = "ci-seed", default_value_t = 0)]
     ci_seed: u64,
-    /// |b − a| at or below this is "equal" whatever the interval says.
-    #[arg(long, default_value_t = DEFAULT_TOLERANCE)]
-    tolerance: f64,
+    /// Equivalence margins as a fraction of each dimension's study normalisation std: a
+    /// dimension is "equal" when its whole interval lies inside ±margin.
+    #[arg(long, default_value_t = DEFAULT_MARGIN_FRACTION)]
+    margin_fraction: f64,
+    /// One dimension's margin in its own units, e.g. `--margin accuracy=0.01` (repeatable).
+    #[arg(long = "margin", value_name = "DIMENSION=VALUE")]
+    margins: Vec<String>,
 }
 
 #[derive(Args)]
@@ -242,7 +246,14 @@ fn report_cmd(a: ReportArgs) -> Result<()> {
 
 fn compare(a: CompareArgs) -> Result<()> {
     let (ra, rb) = (Run::load(&a.run_a)?, Run::load(&a.run_b)?);
-    let opts = quba_host::compare::CompareOptions { bootstrap: a.bootstrap, seed: a.ci_seed, tolerance: a.tolerance };
+    if !(a.margin_fraction.is_finite() && a.margin_fraction >= 0.0) {
+        anyhow::bail!("--margin-fraction {}: a fraction is a finite number ≥ 0", a.margin_fraction);
+    }
+    let mut margins = Margins::from_fraction(a.margin_fraction);
+    for m in &a.margins {
+        margins.set(m)?;
+    }
+    let opts = quba_host::compare::CompareOptions { bootstrap: a.bootstrap, seed: a.ci_seed, margins };
     let c = quba_host::compare::compare(&ra, &rb, &opts)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&c.to_json())?);

@@ -8,6 +8,14 @@
 //! Sets that reuse the clean samples' ids (corruptions, attacks) are drawn
 //! together with the clean set, so a resample keeps an image's clean and
 //! corrupted versions together, as the dimensions pair them.
+//!
+//! Verdicts are equivalence tests, not "no significant difference": each
+//! dimension has a margin, the largest difference that does not matter
+//! (by default a fifth of the spread the study normalises that dimension
+//! with), and a pair is `equal` only when the whole interval lies inside
+//! ±margin. An interval that holds 0 but is wider than the margin is
+//! `inconclusive`, with how many times the images would settle it: a small
+//! run no longer reads "equal" merely because it cannot see anything.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -21,11 +29,17 @@ use crate::protocol::{ProbeSet, Record};
 use crate::quba::Dimension;
 use crate::report::{evaluate_records, EvalOptions, Records, Run};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Verdict {
-    /// The 95% interval of the delta holds 0, or the delta is below the tolerance.
+    /// The 95% interval of the delta lies inside ±margin (or both runs agree
+    /// exactly, when there are no resamples).
     Equal,
+    /// The 95% interval excludes 0, and is not inside ±margin.
     Differs,
+    /// Neither: the interval holds 0 but reaches past the margin. About
+    /// `settle` times the images would narrow it enough to decide (the
+    /// interval's width shrinks with the square root of the sample count).
+    Inconclusive { settle: f64 },
     /// Not measured in both runs, or the bootstrap could not form an interval.
     Unknown,
 }
@@ -35,8 +49,50 @@ impl Verdict {
         match self {
             Verdict::Equal => "equal",
             Verdict::Differs => "differs",
+            Verdict::Inconclusive { .. } => "inconclusive",
             Verdict::Unknown => "unknown",
         }
+    }
+}
+
+/// The default margin, as a fraction of the study's normalisation std of
+/// each dimension: 0.2 std moves a model's QUBA by at most 0.2 × that
+/// dimension's weight (weights sum to 1), small next to the study's
+/// spread of QUBA between models.
+pub const DEFAULT_MARGIN_FRACTION: f64 = 0.2;
+
+/// Per dimension, the largest |b − a| that does not matter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Margins(pub [f64; 9]);
+
+impl Margins {
+    /// `fraction` of each dimension's study normalisation std.
+    pub fn from_fraction(fraction: f64) -> Margins {
+        Margins(Dimension::ALL.map(|d| fraction * d.paper_mean_std().1))
+    }
+
+    pub fn get(&self, d: Dimension) -> f64 {
+        self.0[d.index()]
+    }
+
+    /// Applies one `DIMENSION=VALUE` override (`--margin accuracy=0.01`).
+    pub fn set(&mut self, spec: &str) -> Result<()> {
+        let (key, value) = spec.split_once('=').ok_or_else(|| anyhow::anyhow!("--margin {spec}: expected DIMENSION=VALUE, e.g. accuracy=0.01"))?;
+        let d = Dimension::ALL.into_iter().find(|d| d.key() == key.trim()).ok_or_else(|| {
+            anyhow::anyhow!("--margin {spec}: no dimension {key:?}; one of {}", Dimension::ALL.map(|d| d.key()).join(", "))
+        })?;
+        let v: f64 = value.trim().parse().map_err(|_| anyhow::anyhow!("--margin {spec}: {value:?} is not a number"))?;
+        if !(v.is_finite() && v >= 0.0) {
+            bail!("--margin {spec}: a margin is a finite number ≥ 0");
+        }
+        self.0[d.index()] = v;
+        Ok(())
+    }
+}
+
+impl Default for Margins {
+    fn default() -> Margins {
+        Margins::from_fraction(DEFAULT_MARGIN_FRACTION)
     }
 }
 
@@ -47,6 +103,8 @@ pub struct DimensionDelta {
     /// b − a.
     pub delta: Option<f64>,
     pub interval: Option<(f64, f64)>,
+    /// The equivalence margin the verdict used.
+    pub margin: f64,
     pub verdict: Verdict,
 }
 
@@ -62,21 +120,13 @@ pub struct Comparison {
     pub paired: usize,
     /// Records of one run without a partner in the other (different subsets or an interrupted run).
     pub unpaired: (usize, usize),
-    pub tolerance: f64,
     pub dimensions: Vec<DimensionDelta>,
 }
-
-/// |b − a| at or below this is "equal" unless told otherwise, in `quba
-/// compare` and in the report's fp32 → int8 comparisons.
-pub const DEFAULT_TOLERANCE: f64 = 1e-3;
 
 pub struct CompareOptions {
     pub bootstrap: usize,
     pub seed: u64,
-    /// Deltas smaller than this never count as a difference: float rounding
-    /// on another CPU moves calibration error by ~1e-7, and a paired bootstrap
-    /// is tight enough to call that "significant".
-    pub tolerance: f64,
+    pub margins: Margins,
 }
 
 fn describe(run: &Run) -> String {
@@ -187,8 +237,8 @@ pub fn compare(a: &Run, b: &Run, opts: &CompareOptions) -> Result<Comparison> {
             // drawn) is dropped; if many are, the interval would mislead.
             let interval = (opts.bootstrap > 0 && ds.len() * 10 >= opts.bootstrap * 9)
                 .then(|| (quantile_sorted(ds, 0.025), quantile_sorted(ds, 0.975)));
-            let verdict = verdict(delta, interval, opts);
-            DimensionDelta { dimension, a: va, b: vb, delta, interval, verdict }
+            let margin = opts.margins.get(dimension);
+            DimensionDelta { dimension, a: va, b: vb, delta, interval, margin, verdict: verdict(delta, interval, margin) }
         })
         .collect();
     Ok(Comparison {
@@ -198,7 +248,6 @@ pub fn compare(a: &Run, b: &Run, opts: &CompareOptions) -> Result<Comparison> {
         clean_agreement,
         paired: pairs.len(),
         unpaired: (a.records.len() - pairs.len(), b.records.len() - pairs.len()),
-        tolerance: opts.tolerance,
         dimensions,
     })
 }
@@ -208,7 +257,7 @@ fn num(v: Option<f64>) -> Value {
 }
 
 impl Comparison {
-    /// `{"agreement": f, "dimensions": {name: {"a", "b", "delta", "interval", "verdict"}}, …}`
+    /// `{"agreement": f, "dimensions": {name: {"a", "b", "delta", "interval", "margin", "verdict", "settle"}}, …}`
     pub fn to_json(&self) -> Value {
         let dims: Map<String, Value> = self
             .dimensions
@@ -219,7 +268,12 @@ impl Comparison {
                     "b": num(d.b),
                     "delta": num(d.delta),
                     "interval": d.interval.map(|(lo, hi)| json!([lo, hi])).unwrap_or(Value::Null),
+                    "margin": d.margin,
                     "verdict": d.verdict.as_str(),
+                    "settle": match d.verdict {
+                        Verdict::Inconclusive { settle } => num(Some(settle)),
+                        _ => Value::Null,
+                    },
                 });
                 (d.dimension.key().to_string(), o)
             })
@@ -231,7 +285,6 @@ impl Comparison {
             "clean_agreement": num(self.clean_agreement),
             "paired": self.paired,
             "unpaired": [self.unpaired.0, self.unpaired.1],
-            "tolerance": self.tolerance,
             "dimensions": dims,
         })
     }
@@ -249,28 +302,42 @@ impl Comparison {
         if self.unpaired != (0, 0) {
             s += &format!("unpaired records left out: {} in a, {} in b\n", self.unpaired.0, self.unpaired.1);
         }
-        s += &format!("{:<24}{:>10}{:>10}{:>10}  {:<24}{}\n", "dimension", "a", "b", "b − a", "95% interval", "verdict");
+        s += &format!("{:<24}{:>10}{:>10}{:>10}  {:<24}{:>9}  {}\n", "dimension", "a", "b", "b − a", "95% interval", "±margin", "verdict");
         let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "—".into());
         for d in &self.dimensions {
             let iv = d.interval.map(|(lo, hi)| format!("[{lo:+.4}, {hi:+.4}]")).unwrap_or_else(|| "—".into());
             let delta = d.delta.map(|x| format!("{x:+.4}")).unwrap_or_else(|| "—".into());
-            s += &format!("{:<24}{:>10}{:>10}{:>10}  {:<24}{}\n", d.dimension.label(), f(d.a), f(d.b), delta, iv, d.verdict.as_str());
+            let verdict = match d.verdict {
+                Verdict::Inconclusive { settle } => format!("inconclusive (~{settle:.1}× the images)"),
+                v => v.as_str().to_string(),
+            };
+            s += &format!("{:<24}{:>10}{:>10}{:>10}  {:<24}{:>9}  {verdict}\n", d.dimension.label(), f(d.a), f(d.b), delta, iv, format!("{:.4}", d.margin));
         }
-        s += &format!("equal: the paired 95% interval holds 0 or |b − a| ≤ {}\n", self.tolerance);
+        s += "equal: the paired 95% interval lies inside ±margin; differs: it excludes 0; inconclusive: neither\n";
         s
     }
 }
 
-/// A dimension's verdict from its delta b − a and the delta's paired 95 %
-/// interval (`None` when there were no, or too few, resamples).
-fn verdict(delta: Option<f64>, interval: Option<(f64, f64)>, opts: &CompareOptions) -> Verdict {
-    match (delta, interval) {
-        (Some(d), _) if d.abs() <= opts.tolerance => Verdict::Equal,
-        (Some(_), Some((lo, hi))) if lo <= 0.0 && 0.0 <= hi => Verdict::Equal,
-        (Some(_), Some(_)) => Verdict::Differs,
-        // Without resamples only an exact match can be called equal.
-        (Some(_), None) if opts.bootstrap == 0 => Verdict::Differs,
-        _ => Verdict::Unknown,
+/// A dimension's verdict from its delta b − a, the delta's paired 95 %
+/// interval (`None` when there were no, or too few, resamples) and its
+/// equivalence margin.
+fn verdict(delta: Option<f64>, interval: Option<(f64, f64)>, margin: f64) -> Verdict {
+    let Some(d) = delta else { return Verdict::Unknown };
+    let Some((lo, hi)) = interval else {
+        // Without resamples only runs that agree exactly can be called equal.
+        return if d == 0.0 { Verdict::Equal } else { Verdict::Unknown };
+    };
+    if -margin <= lo && hi <= margin {
+        Verdict::Equal
+    } else if lo > 0.0 || hi < 0.0 {
+        Verdict::Differs
+    } else {
+        // Deciding needs a half-width below the larger of: the room left
+        // inside the margin (equal), or the distance to 0 (differs).
+        let half = (hi - lo) / 2.0;
+        let needed = (margin - d.abs()).max(d.abs());
+        let settle = if needed > 0.0 { (half / needed).powi(2).max(1.0) } else { f64::INFINITY };
+        Verdict::Inconclusive { settle }
     }
 }
 
@@ -278,29 +345,54 @@ fn verdict(delta: Option<f64>, interval: Option<(f64, f64)>, opts: &CompareOptio
 mod tests {
     use super::*;
 
-    const OPTS: CompareOptions = CompareOptions { bootstrap: 200, seed: 0, tolerance: DEFAULT_TOLERANCE };
+    const M: f64 = 0.01;
 
     #[test]
-    fn deltas_within_the_tolerance_are_equal_whatever_the_interval() {
-        // Float rounding on another CPU: a tight interval that excludes 0.
-        assert_eq!(verdict(Some(3e-7), Some((2e-7, 4e-7)), &OPTS), Verdict::Equal);
-        assert_eq!(verdict(Some(-DEFAULT_TOLERANCE), Some((-2e-3, -5e-4)), &OPTS), Verdict::Equal);
+    fn equal_means_the_whole_interval_is_inside_the_margin() {
+        // Float rounding on another CPU: a tight interval that excludes 0 is
+        // still equal, since it is far inside the margin.
+        assert_eq!(verdict(Some(3e-7), Some((2e-7, 4e-7)), M), Verdict::Equal);
+        assert_eq!(verdict(Some(0.0), Some((-M, M)), M), Verdict::Equal);
+        assert_eq!(verdict(Some(0.0), Some((0.0, 0.0)), 0.0), Verdict::Equal);
     }
 
     #[test]
-    fn beyond_the_tolerance_the_interval_decides() {
-        assert_eq!(verdict(Some(0.02), Some((-0.01, 0.05)), &OPTS), Verdict::Equal);
-        assert_eq!(verdict(Some(0.02), Some((0.005, 0.04)), &OPTS), Verdict::Differs);
-        assert_eq!(verdict(Some(-0.02), Some((-0.04, -0.005)), &OPTS), Verdict::Differs);
+    fn differs_means_the_interval_excludes_zero_beyond_the_margin() {
+        assert_eq!(verdict(Some(0.02), Some((0.005, 0.04)), M), Verdict::Differs);
+        assert_eq!(verdict(Some(-0.02), Some((-0.04, -0.005)), M), Verdict::Differs);
     }
 
     #[test]
-    fn without_an_interval_only_the_tolerance_can_say_equal() {
-        let none = CompareOptions { bootstrap: 0, ..OPTS };
-        assert_eq!(verdict(Some(0.0), None, &none), Verdict::Equal);
-        assert_eq!(verdict(Some(0.02), None, &none), Verdict::Differs);
-        // Resamples were asked for but too many were undefined: no verdict.
-        assert_eq!(verdict(Some(0.02), None, &OPTS), Verdict::Unknown);
-        assert_eq!(verdict(None, Some((0.0, 1.0)), &OPTS), Verdict::Unknown);
+    fn a_wide_interval_around_zero_is_inconclusive_and_says_what_would_settle_it() {
+        // Half-width 0.03 around 0: inside ±0.01 needs a half-width of 0.01,
+        // (0.03 / 0.01)² = 9 times the images.
+        let Verdict::Inconclusive { settle } = verdict(Some(0.0), Some((-0.03, 0.03)), M) else { panic!() };
+        assert!((settle - 9.0).abs() < 1e-12, "{settle}");
+        // Delta 0.02 beyond the margin: showing it differs from 0 needs a
+        // half-width of 0.02; the interval's is 0.025.
+        let Verdict::Inconclusive { settle } = verdict(Some(0.02), Some((-0.005, 0.045)), M) else { panic!() };
+        assert!((settle - 1.5625).abs() < 1e-12, "{settle}");
+        // A margin of 0 and a delta of 0 can never be settled.
+        assert_eq!(verdict(Some(0.0), Some((-0.1, 0.1)), 0.0), Verdict::Inconclusive { settle: f64::INFINITY });
+    }
+
+    #[test]
+    fn without_an_interval_only_exact_agreement_is_equal() {
+        assert_eq!(verdict(Some(0.0), None, M), Verdict::Equal);
+        assert_eq!(verdict(Some(1e-9), None, M), Verdict::Unknown);
+        assert_eq!(verdict(None, Some((0.0, 1.0)), M), Verdict::Unknown);
+    }
+
+    #[test]
+    fn default_margins_are_a_fifth_of_the_study_std_and_can_be_set() {
+        let mut m = Margins::default();
+        assert!((m.get(Dimension::Accuracy) - 0.2 * 0.034685710545946026).abs() < 1e-15);
+        m.set("accuracy=0.005").unwrap();
+        assert_eq!(m.get(Dimension::Accuracy), 0.005);
+        assert_eq!(m.get(Dimension::ShapeBias), Margins::default().get(Dimension::ShapeBias));
+        let e = m.set("acuracy=0.1").unwrap_err().to_string();
+        assert!(e.contains("no dimension \"acuracy\"") && e.contains("calibration_error"), "{e}");
+        assert!(m.set("accuracy").unwrap_err().to_string().contains("DIMENSION=VALUE"));
+        assert!(m.set("accuracy=-1").unwrap_err().to_string().contains("≥ 0"));
     }
 }

@@ -484,8 +484,10 @@ fn deltas(pairs: &[Pair]) -> String {
     let mut s = String::from(
         "<section class=\"box\"><h2>fp32 → int8 and reference → board</h2><p class=\"legend\">Each row: b − a for one dimension \
          (dot) with its 95% paired-bootstrap interval (bar; both runs resampled on the same images). Each row has its own \
-         symmetric scale around the zero line, since dimensions differ in units. Verdict <i>equal</i>: the interval holds 0 or \
-         the delta is within the tolerance.</p>",
+         symmetric scale around the zero line, since dimensions differ in units; the shaded band is the dimension's \
+         equivalence margin (by default a fifth of the study's normalisation std). Verdict <i>equal</i>: the whole interval \
+         lies inside the band; <i>differs</i>: it excludes 0; <i>inconclusive</i>: neither, with how many times the images \
+         would settle it.</p>",
     );
     if pairs.is_empty() {
         return s + "<p class=\"absent\">No pair to compare: no model has both an fp32 and an int8 run on one target, and no ONNX \
@@ -510,7 +512,7 @@ fn deltas(pairs: &[Pair]) -> String {
             c.paired,
             pct(c.clean_agreement)
         );
-        let (label_w, plot_w, text_w, row_h) = (170.0, 260.0, 330.0, 24.0);
+        let (label_w, plot_w, text_w, row_h) = (170.0, 260.0, 450.0, 24.0);
         let (w, h) = (label_w + plot_w + text_w, row_h * c.dimensions.len() as f64 + 10.0);
         let mid = label_w + plot_w / 2.0;
         let mut svg = svg_open(w, h, &format!("deltas {} → {}", c.a, c.b));
@@ -519,14 +521,23 @@ fn deltas(pairs: &[Pair]) -> String {
         for (row, d) in c.dimensions.iter().enumerate() {
             let cy = row_h * row as f64 + row_h / 2.0 + 4.0;
             let _ = write!(svg, "<text class=\"label\" x=\"4\" y=\"{:.1}\">{}</text>", cy + 4.0, d.dimension.label());
-            let class = match d.verdict {
-                Verdict::Equal => "equal",
-                Verdict::Differs => "differs",
-                Verdict::Unknown => "unknown",
-            };
+            let class = d.verdict.as_str();
             if let Some(delta) = d.delta {
-                let half = [Some(delta.abs()), d.interval.map(|i| i.0.abs()), d.interval.map(|i| i.1.abs())].into_iter().flatten().fold(0.0, f64::max);
+                let half = [Some(delta.abs()), d.interval.map(|i| i.0.abs()), d.interval.map(|i| i.1.abs()), Some(d.margin)]
+                    .into_iter()
+                    .flatten()
+                    .fold(0.0, f64::max);
                 let sc = Scale::new((-half * 1.1, half * 1.1), label_w + 6.0, label_w + plot_w - 6.0);
+                let _ = write!(
+                    svg,
+                    "<rect class=\"margin\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\"><title>{} margin ±{}</title></rect>",
+                    sc.at(-d.margin),
+                    cy - row_h / 2.0 + 2.0,
+                    sc.at(d.margin) - sc.at(-d.margin),
+                    row_h - 4.0,
+                    d.dimension.label(),
+                    num(d.margin)
+                );
                 if let Some((lo, hi)) = d.interval {
                     let _ = write!(svg, "<line class=\"ci {class}\" x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{cy:.1}\" y2=\"{cy:.1}\"/>", sc.at(lo), sc.at(hi));
                 }
@@ -543,7 +554,10 @@ fn deltas(pairs: &[Pair]) -> String {
                 esc(&text),
                 w - 4.0,
                 cy + 4.0,
-                d.verdict.as_str()
+                match d.verdict {
+                    Verdict::Inconclusive { settle } if settle.is_finite() => format!("inconclusive (~{settle:.1}× images)"),
+                    v => v.as_str().to_string(),
+                }
             );
         }
         svg += "</svg>";
@@ -768,7 +782,7 @@ svg text{font-family:inherit}.tick{font-size:10px;fill:#444}.label{font-size:12p
 .frame{fill:none;stroke:#888}line.grid{stroke:#eee}.ring{fill:none;stroke:#ddd}.ring0{fill:none;stroke:#999;stroke-width:1.5}
 .diag{stroke:#999;stroke-dasharray:4 3}.zero{stroke:#999}.series{stroke-width:2}
 circle.study{fill:#bbb;fill-opacity:.6}line.ci{stroke-width:3}
-.equal{fill:#2b7a3d;stroke:#2b7a3d}.differs{fill:#c0392b;stroke:#c0392b}.unknown{fill:#999;stroke:#999}.verdict{font-size:12px;font-weight:600;stroke:none}
+.equal{fill:#2b7a3d;stroke:#2b7a3d}.differs{fill:#c0392b;stroke:#c0392b}.unknown{fill:#999;stroke:#999}.inconclusive{fill:#b7791f;stroke:#b7791f}rect.margin{fill:#2b7a3d;fill-opacity:.12;stroke:none}.verdict{font-size:12px;font-weight:600;stroke:none}
 .track{fill:#f0f0f0}.shape{fill:#0072B2}.texture{fill:#E69F00}
 .keys{font-size:12px}.key{margin-right:14px;white-space:nowrap}.key svg{vertical-align:middle;margin-right:4px}
 @media print{body{max-width:none;padding:0;font-size:11px}.noprint{display:none}.box{break-inside:auto}h2{break-after:avoid}@page{margin:12mm}}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
-use crate::compare::{CompareOptions, DEFAULT_TOLERANCE};
+use crate::compare::{CompareOptions, Margins};
 use crate::quba::{self, Normalisation, Weights};
 use crate::report::{EvalOptions, Report};
 
@@ -110,7 +110,7 @@ impl ReportFiles {
             }
         }
         if let Some(p) = &self.html {
-            let opts = CompareOptions { bootstrap: scoring.bootstrap, seed: scoring.ci_seed, tolerance: DEFAULT_TOLERANCE };
+            let opts = CompareOptions { bootstrap: scoring.bootstrap, seed: scoring.ci_seed, margins: Margins::default() };
             let pairs = crate::html::pairs(&rep.runs, &opts);
             let study = if rep.runs.iter().all(|r| r.header.benchmark == "imagenet") {
                 Some(quba::read_table(&crate::shipped(STUDY_TABLE))?)

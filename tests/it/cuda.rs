@@ -1,18 +1,23 @@
 //! `--backend cuda` end to end through the real binaries.
 //!
-//! Where no NVIDIA driver is installed (CI, most laptops) the run must stop
-//! before any image with an error that says what is missing and that
-//! `--backend cpu` works. Where one is (the GPU machine of docs/parity.md),
-//! the same test runs the model on the GPU and checks that the header says
-//! where its nodes ran and that the decisions agree with the CPU run.
+//! Where the binary was built without the `cuda` feature (the README's
+//! `cargo test --release`), or no NVIDIA driver is installed (CI, most
+//! laptops), the run must stop before any image with an error that says what
+//! is missing and that `--backend cpu` works — also on a machine that has a
+//! driver. Where both are (the GPU machine of docs/parity.md, `cargo test
+//! --release --features cuda`), the same test runs the model on the GPU and
+//! checks that the header says where its nodes ran and that the decisions
+//! agree with the CPU run.
 
 use std::process::Command;
 
 use serde_json::Value;
 use crate::util::*;
 
-fn has_nvidia_driver() -> bool {
-    std::path::Path::new("/proc/driver/nvidia/version").exists()
+/// Whether the binaries under test can run CUDA here: built with the
+/// feature, on a machine with the driver.
+fn cuda_runs_here() -> bool {
+    cfg!(feature = "cuda") && std::path::Path::new("/proc/driver/nvidia/version").exists()
 }
 
 fn eval(dir: &std::path::Path, backend: &str) -> std::process::Output {
@@ -33,10 +38,13 @@ fn cuda_backend_runs_on_a_gpu_or_says_why_not() {
     let t = std::env::temp_dir().join(format!("quba-cuda-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&t);
     let gpu = eval(&t.join("gpu"), "cuda");
-    if !has_nvidia_driver() {
-        assert!(!gpu.status.success(), "--backend cuda succeeded without an NVIDIA driver");
+    if !cuda_runs_here() {
+        assert!(!gpu.status.success(), "--backend cuda succeeded without the cuda feature or an NVIDIA driver");
         let err = String::from_utf8_lossy(&gpu.stderr);
         assert!(err.contains("--backend cuda") && err.contains("--backend cpu"), "{err}");
+        if !cfg!(feature = "cuda") {
+            assert!(err.contains("--features cuda"), "{err}");
+        }
         assert!(!err.contains("panicked"), "{err}");
         // Nothing was measured, so nothing may look like a result.
         assert!(!t.join("gpu/results.json").exists());

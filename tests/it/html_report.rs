@@ -190,6 +190,11 @@ fn browser_draws_every_chart_without_script_errors() {
         let marks = ["<path class=\"series\"", "<circle", "<rect"].iter().map(|m| c.matches(m).count()).sum::<usize>();
         assert!(marks >= 1, "chart {label:?} has no data marks");
     }
+    // The fp32 → int8 forest plot draws each dimension's equivalence margin
+    // as a band behind its delta.
+    let deltas = charts.iter().find(|c| c.contains("aria-label=\"deltas ")).expect("a deltas chart");
+    let dots = deltas.matches("<circle").count();
+    assert!(dots > 0 && deltas.matches("<rect class=\"margin\"").count() == dots, "one margin band per delta: {deltas}");
     // The axis selector's script redrew the scatter's axes on load.
     let scatter = dom.split("id=\"scatter-axes\"").nth(1).unwrap().split("</g>").next().unwrap();
     assert!(scatter.matches("class=\"tick\"").count() >= 4, "scatter axes not drawn: {scatter}");

@@ -9,9 +9,16 @@ prints.
     python3 scripts/zoo_cards.py runs/results.json --check  # exit 1 on any difference
 
 Only the standard library: it runs in CI without a virtual environment.
+
+`--check` accepts a number that differs by one unit in its last printed digit
+and nothing else: tract's fp32 kernels take other code paths on other CPUs
+(AVX2 vs AVX-512), so a float-bound part such as an int8 ViT's ECE can round
+to the neighbouring last digit (0.04708 written on an AVX2 machine, 0.04709
+measured on an AVX-512 one). Every other difference fails.
 """
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -78,6 +85,24 @@ def section(name, fp32, int8, results):
     return "\n".join(lines)
 
 
+NUM = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def last_digit(s):
+    """The value of one unit in the last printed digit of a number."""
+    mant, _, exp = s.partition("e")
+    decimals = len(mant.split(".")[1]) if "." in mant else 0
+    return 10.0 ** ((int(exp) if exp else 0) - decimals)
+
+
+def within_rounding(old, new):
+    """Same text, and every number within one unit of its last digit."""
+    if NUM.split(old) != NUM.split(new):
+        return False
+    pairs = [(a, b) for a, b in zip(NUM.findall(old), NUM.findall(new)) if a != b]
+    return all(abs(float(a) - float(b)) <= 1.0001 * min(last_digit(a), last_digit(b)) for a, b in pairs)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("results", type=Path)
@@ -102,6 +127,9 @@ def main():
         else:
             updated = text.rstrip("\n") + "\n\n" + new + "\n"
         if updated != text:
+            if a.check and within_rounding(text, updated):
+                print(f"{card.name}: equal up to one unit in a last digit (another CPU's float rounding)", file=sys.stderr)
+                continue
             stale.append(card.name)
             if not a.check:
                 card.write_text(updated)

@@ -218,7 +218,13 @@ fn main() {
     if let Err(e) = r {
         // A reader that stopped early (`quba export RUN | head`) is no failure
         // of ours: stop quietly, as other Unix tools do.
-        if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+        let broken_pipe = |c: &(dyn std::error::Error + 'static)| {
+            let kind = c.downcast_ref::<std::io::Error>().map(|io| io.kind());
+            // serde_json reports a failed write as its own error.
+            let kind = kind.or_else(|| c.downcast_ref::<serde_json::Error>().and_then(|j| j.io_error_kind()));
+            kind == Some(std::io::ErrorKind::BrokenPipe)
+        };
+        if e.chain().any(broken_pipe) {
             std::process::exit(0);
         }
         eprintln!("quba: error: {e:#}");

@@ -10,7 +10,7 @@ git-ignored folder: the weights are not ours to commit.
 Input pipeline (sidecar): resize the shorter side to 256 (bicubic), centre
 crop 224, then (x·255 − 127) / 128, i.e. mean 127/255 and std 128/255 on
 [0, 1] images: these weights were trained with that scaling, not the
-ImageNet mean/std (../shared/TRACT-NOTES.md).
+ImageNet mean/std (docs/tract.md).
 
 Calibration images come from the repository, not a dataset: 32 synthetic
 benchmark images (`quba data synth`, rendered at 256 px) and scikit-image's
@@ -106,7 +106,7 @@ def main():
     # The same calibration in QOperator form (QLinearConv), so scripts/bench_runtimes.py can say
     # which int8 form tract runs faster. Only Conv and Clip: onnxruntime's other QOperator ops
     # (QLinearAdd, QGemm) are Microsoft-domain and tract cannot load them; Clip must be in, or
-    # ReLU6 is not folded and top-1 collapses (TRACT-NOTES.md).
+    # ReLU6 is not folded and top-1 collapses (docs/tract.md).
     qop = OUT / "efficientnet-lite0.int8-qop.onnx"
     quantize_static(str(fp32), str(qop), Reader(), quant_format=QuantFormat.QOperator, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "Clip"])

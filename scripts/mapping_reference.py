@@ -1,4 +1,4 @@
-"""Independent numpy computation of the dataset mappings of PROTOCOL.md, on
+"""Independent numpy computation of the dataset mappings of docs/protocol.md, on
 random probability matrices, for tests/it/mapping_parity.rs:
 
 - model-vs-human 16 categories: category score = mean of its member classes'

@@ -3,13 +3,13 @@
 Written from the definitions, not from our Rust code, so the parity test
 (tests/it/metrics_parity.rs) compares two implementations:
 
-- ECE (Guo et al. 2017, "On Calibration of Modern Neural Networks"; PROTOCOL.md
+- ECE (Guo et al. 2017, "On Calibration of Modern Neural Networks"; docs/protocol.md
   item 5): confidence = max probability, prediction = first argmax; 15
   equal-width bins, bin b = (b/15, (b+1)/15]; a confidence of exactly 0 goes to
-  bin 0 and exactly 1.0 to the last bin (PROTOCOL.md, against torchmetrics'
+  bin 0 and exactly 1.0 to the last bin (docs/protocol.md, against torchmetrics'
   hidden extra bin, torchmetrics issue 3510). ECE = sum_b (n_b/N)|acc_b - conf_b|.
 - ACE (Nixon et al. 2019, "Measuring Calibration in Deep Learning";
-  PROTOCOL.md item 5): class-conditional, adaptive bins, 15 bins, L1,
+  docs/protocol.md item 5): class-conditional, adaptive bins, 15 bins, L1,
   threshold 0, as the study computes it (its helper/uncertainty.py, a copy of
   the uncertainty-metrics GeneralCalibrationError): for each class k, the
   probabilities p[:, k] > 0 with targets 1[y = k]; upper bin edges are the
@@ -19,7 +19,7 @@ Written from the definitions, not from our Rust code, so the parity test
   16th bin of its own — the study's behaviour, kept). error_k = sum_b
   (n_b/n)|mean(target)_b - mean(p)_b|; ACE = mean over all K classes (a class
   with no positive probability contributes 0).
-- Class balance (PROTOCOL.md item 6): gmean(1 - std(acc_k, ddof=1),
+- Class balance (docs/protocol.md item 6): gmean(1 - std(acc_k, ddof=1),
   1 - mean_k std(p_true | y = k, ddof=0)) over the classes that have samples.
 
 Usage:

@@ -1,4 +1,4 @@
-//! FGSM and PGD (PROTOCOL.md, dimension 2) on top of [`GradModel`].
+//! FGSM and PGD (docs/protocol.md, dimension 2) on top of [`GradModel`].
 //!
 //! Two places to apply the budget, both named in every result:
 //! - pixel mode: ε, α, the random start and the [0, 1] clipping act on the
@@ -48,7 +48,7 @@ pub struct AttackConfig {
 }
 
 impl AttackConfig {
-    /// PROTOCOL.md: ε = 8/255, α = 2/255, 10 steps.
+    /// docs/protocol.md: ε = 8/255, α = 2/255, 10 steps.
     pub fn protocol(mode: Mode) -> AttackConfig {
         AttackConfig { mode, eps: 8.0 / 255.0, alpha: 2.0 / 255.0, steps: 10 }
     }

@@ -5,7 +5,7 @@
 //! so a number here is what a suite run pays per forward pass. Parallelism is
 //! one engine per OS thread, each on its own images, because tract's executor
 //! is single-threaded and whole-model instances per core scale better than
-//! its intra-op pool (TRACT-NOTES.md).
+//! its intra-op pool (docs/tract.md).
 
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::protocol::{Interpolation, Pipeline, Shard};
 
-/// Identifies the decoder in run headers: decoders move accuracy (PROTOCOL.md).
+/// Identifies the decoder in run headers: decoders move accuracy (docs/protocol.md).
 pub const DECODER: &str = "image-rs 0.25";
 
 const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "bmp", "webp"];

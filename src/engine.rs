@@ -171,7 +171,7 @@ fn read_proto(path: &Path) -> Result<pb::ModelProto> {
     })
 }
 
-/// Counts weight *elements* (PROTOCOL.md item 9), so an int8 model has the
+/// Counts weight *elements* (docs/protocol.md item 9), so an int8 model has the
 /// same count as its fp32 source. Not counted: quantisation scales and zero
 /// points (they describe weights, they are not weights) and int64 tensors
 /// (shapes, axes, indices).

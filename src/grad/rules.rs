@@ -6,7 +6,7 @@
 //! gradient to its first maximum (tract's Indices, as torch).
 //!
 //! Masks use `Sign` of an output that is ≥ 0 rather than comparison + Cast:
-//! on tract that is 2–3× cheaper (TRACT-NOTES.md).
+//! on tract that is 2–3× cheaper (docs/tract.md).
 
 use anyhow::{bail, Context, Result};
 use tract_onnx::pb::{tensor_proto::DataType, NodeProto};
@@ -413,7 +413,7 @@ fn conv(cx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Vec<(usize, String)>
     let dil = attr_ints(node, "dilations").unwrap_or_else(|| vec![1; n]);
     let pads = explicit_pads(node, &spatial, &kernel, &strides, &dil)?;
     // ConvTranspose with `output_shape` is resolved differently by tract and
-    // onnxruntime (TRACT-NOTES.md); explicit pads + output_padding agree.
+    // onnxruntime (docs/tract.md); explicit pads + output_padding agree.
     let out_pad: Vec<i64> =
         (0..n).map(|i| (spatial[i] + pads[i] + pads[i + n] - ((kernel[i] - 1) * dil[i] + 1)) % strides[i]).collect();
     let attrs = vec![

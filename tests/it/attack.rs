@@ -1,4 +1,4 @@
-//! FGSM/PGD invariants (PROTOCOL.md dimension 2) on the tiny test model:
+//! FGSM/PGD invariants (docs/protocol.md dimension 2) on the tiny test model:
 //! budgets, clipping, the two modes, per-sample seeding, padding.
 
 use std::path::Path;

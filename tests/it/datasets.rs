@@ -1,4 +1,4 @@
-//! The real dataset layouts of PROTOCOL.md (ImageNet val, model-vs-human,
+//! The real dataset layouts of docs/protocol.md (ImageNet val, model-vs-human,
 //! ImageNet-R, ImageNet-9 backgrounds challenge), as fixture trees written
 //! here, evaluated end to end by `quba eval --benchmark imagenet` with a
 //! 1000-class model whose decision is known from the image colour

@@ -1,5 +1,5 @@
 //! Our ECE, ACE and class balance against an independent numpy
-//! implementation (`scripts/metrics_reference.py`, formulas from PROTOCOL.md,
+//! implementation (`scripts/metrics_reference.py`, formulas from docs/protocol.md,
 //! Guo et al. 2017 and Nixon et al. 2019). The expected values in
 //! `tests/data/metrics_parity.json` were written by
 //! `python scripts/metrics_reference.py --make-fixture …` in float64; CI

@@ -187,7 +187,7 @@ fn int8_models_agree_with_onnxruntime_and_carry_their_format() {
             .filter(|(r, (_, l))| r["prediction"].as_u64().unwrap() as usize == argmax(l))
             .count();
         // Fake-quantised f32 (QDQ) and tract's i8 kernels round differently from
-        // onnxruntime near ties; TRACT-NOTES.md measured 18/20 on Lite0 QDQ.
+        // onnxruntime near ties; docs/tract.md measured 18/20 on Lite0 QDQ.
         assert!(agree * 100 >= records.len() * 95, "{file}: top-1 agreement {agree}/{}", records.len());
     }
     // The parameter count is the weight elements, so int8 equals fp32.

@@ -5,7 +5,7 @@
 //!
 //! Two mappings exist:
 //! - [`Mapping::ImageNet`]: a 1000-class ImageNet model on the real datasets
-//!   of PROTOCOL.md (model-vs-human 16 categories by the mean of member-class
+//!   of docs/protocol.md (model-vs-human 16 categories by the mean of member-class
 //!   probabilities, ImageNet-R by restricting to its 200 classes, ImageNet-9
 //!   through `in_to_in9.json`). The tables are the study's, embedded from
 //!   `data/reference/` so a board needs no extra file.
@@ -284,7 +284,7 @@ mod tests {
         let mut sorted = t.categories.clone();
         sorted.sort();
         assert_eq!(sorted, t.categories, "categories must be in folder (sorted) order");
-        assert_eq!(t.members.iter().map(Vec::len).sum::<usize>(), 207, "PROTOCOL.md: 207 indices in all");
+        assert_eq!(t.members.iter().map(Vec::len).sum::<usize>(), 207, "docs/protocol.md: 207 indices in all");
         assert_eq!(t.imagenet_r_indices.len(), 200);
         assert!(t.imagenet_r_indices.windows(2).all(|w| w[0] < w[1]), "sorted wnids ⇒ increasing ImageNet indices");
         assert_eq!((0..9).filter(|k| t.in_to_in9.contains(k)).count(), 9, "every ImageNet-9 class has members");

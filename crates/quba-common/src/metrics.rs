@@ -8,9 +8,9 @@
 //! are accumulated in f64 whatever the input precision, so that the result
 //! depends on the probabilities and not on the order of a 50 000-sample sum.
 //!
-//! Definitions follow PROTOCOL.md ("The nine dimensions", items 5 and 6).
+//! Definitions follow docs/protocol.md ("The nine dimensions", items 5 and 6).
 //! Where the study's own code (`visinf/beyond-accuracy`) is more specific
-//! than PROTOCOL.md — ACE's binning, mainly — we follow the study's code so
+//! than docs/protocol.md — ACE's binning, mainly — we follow the study's code so
 //! that our numbers sit on the same scale as its table; each such place says
 //! so in a comment.
 
@@ -99,7 +99,7 @@ fn ece_bin(conf: f64, bins: usize) -> usize {
 /// Differs from the study on purpose in one place: the study used
 /// torchmetrics' `MulticlassCalibrationError`, whose bins are `[b/B,
 /// (b+1)/B)` with a hidden extra bin holding every confidence of exactly 1.0
-/// (torchmetrics issue 3510). PROTOCOL.md puts 1.0 in the last bin, which
+/// (torchmetrics issue 3510). docs/protocol.md puts 1.0 in the last bin, which
 /// matters for saturated (e.g. int8) softmax outputs. Off the exact edges
 /// k/15 (which float32 probabilities other than 0 and 1 essentially never
 /// hit) both conventions give the same bins. NaN for no samples.
@@ -170,7 +170,7 @@ pub fn reliability_bins(confidences: &[f64], correct: &[bool], bins: usize) -> V
 /// with no positive probability counts as error 0 but still counts in K, as
 /// in the study.
 ///
-/// Two details of the study's code that PROTOCOL.md's wording leaves open,
+/// Two details of the study's code that docs/protocol.md's wording leaves open,
 /// both followed here because they move the number:
 /// - values are binned with `numpy.digitize(p, upper_edges)` (`right=False`),
 ///   so a value *equal* to an upper edge goes to the bin *above* it; with
@@ -287,7 +287,7 @@ pub fn top1(probs: &[f32], num_classes: usize, labels: &[usize]) -> (Vec<f64>, V
     }).unzip()
 }
 
-/// Class balance (PROTOCOL.md item 6): `gmean(1 − std_k(acc_k), 1 −
+/// Class balance (docs/protocol.md item 6): `gmean(1 − std_k(acc_k), 1 −
 /// mean_k(std(p_true | y = k)))`.
 ///
 /// The first term is the sample standard deviation (n − 1, as `torch.std`)
@@ -408,7 +408,7 @@ pub fn bootstrap_ci_sets(sizes: &[usize], reps: usize, seed: u64, mut stat: impl
     (quantile_sorted(&vals, 2.5 / 100.0), quantile_sorted(&vals, 97.5 / 100.0))
 }
 
-/// Shape bias on cue-conflict decisions (PROTOCOL.md, dimension 8): images
+/// Shape bias on cue-conflict decisions (docs/protocol.md, dimension 8): images
 /// whose shape and texture categories agree are dropped; of the rest, the
 /// fraction of shape decisions among shape-or-texture decisions. Returns
 /// (shape bias, shape hits, texture hits, images kept); the bias is NaN when

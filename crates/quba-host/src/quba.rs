@@ -1,6 +1,6 @@
 //! QUBA (Quality Understanding Beyond Accuracy): the nine quality
 //! dimensions, their study constants and default weights, and the score that
-//! folds them into one number (PROTOCOL.md, "QUBA").
+//! folds them into one number (docs/protocol.md, "QUBA").
 //!
 //! `score` is pure; `read_table` reads the study's published 326-model
 //! table layout.
@@ -30,7 +30,7 @@ pub enum Dimension {
 }
 
 impl Dimension {
-    /// The nine, in PROTOCOL.md order; `Values` and `Weights` are indexed
+    /// The nine, in docs/protocol.md order; `Values` and `Weights` are indexed
     /// the same way.
     pub const ALL: [Dimension; 9] = [
         Dimension::Accuracy,
@@ -88,7 +88,7 @@ impl Dimension {
         !matches!(self, Dimension::CalibrationError | Dimension::ParametersM)
     }
 
-    /// The study's normalisation constants (PROTOCOL.md table; identical to
+    /// The study's normalisation constants (docs/protocol.md table; identical to
     /// `QUBA_MEAN`/`QUBA_STD` in its `data_utils.py`). Digits as published:
     /// they are not the statistics of the 326-model table and must not be
     /// recomputed from it.
@@ -486,7 +486,7 @@ mod tests {
 
     #[test]
     fn paper_constants_are_the_published_digits() {
-        // Copied digit for digit from PROTOCOL.md's table (= data_utils.py).
+        // Copied digit for digit from docs/protocol.md's table (= data_utils.py).
         assert_eq!(Dimension::Accuracy.paper_mean_std(), (0.7990557251908397, 0.034685710545946026));
         assert_eq!(Dimension::CalibrationError.paper_mean_std(), (0.004479927389289115, 0.0026752085291489288));
         assert_eq!(Dimension::ParametersM.paper_mean_std(), (55.28778625954198, 42.8890536095964));

@@ -246,7 +246,7 @@ impl Decisions {
     }
 }
 
-/// Adversarial robustness (PROTOCOL.md, dimension 2): gmean of the PGD and
+/// Adversarial robustness (docs/protocol.md, dimension 2): gmean of the PGD and
 /// FGSM accuracies, each divided by the clean accuracy on the same images
 /// (paired: the interval resamples images, not attacks, independently).
 fn adversarial_dimension(run: &Records, opts: &EvalOptions, res: &mut ModelResult) {
@@ -301,7 +301,7 @@ fn adversarial_dimension(run: &Records, opts: &EvalOptions, res: &mut ModelResul
     }
 }
 
-/// Corruption robustness (PROTOCOL.md, dimension 3): for each corruption the
+/// Corruption robustness (docs/protocol.md, dimension 3): for each corruption the
 /// mean over severities of accuracy / clean accuracy, then the mean over the
 /// 15 corruptions. Every cell's accuracy and relative accuracy are kept.
 fn corruption_dimension(run: &Records, opts: &EvalOptions, res: &mut ModelResult) {
@@ -366,7 +366,7 @@ fn corruption_dimension(run: &Records, opts: &EvalOptions, res: &mut ModelResult
 }
 
 /// OOD robustness, shape bias and object focus: accuracies on shifted sets,
-/// relative to the clean accuracy where PROTOCOL.md says so, each with its
+/// relative to the clean accuracy where docs/protocol.md says so, each with its
 /// parts and a bootstrap interval over all the sets it uses.
 fn shifted_dimensions(run: &Records, opts: &EvalOptions, res: &mut ModelResult) {
     let clean = Decisions::of(run, ProbeSet::Clean);
@@ -515,7 +515,7 @@ pub struct Report {
     pub scored: Vec<quba::Scored>,
 }
 
-/// Paper constants mean something only for ImageNet runs (PROTOCOL.md, QUBA).
+/// Paper constants mean something only for ImageNet runs (docs/protocol.md, QUBA).
 pub fn default_normalisation(runs: &[Run]) -> Normalisation {
     if !runs.is_empty() && runs.iter().all(|r| r.header.benchmark == "imagenet") {
         Normalisation::Paper

@@ -109,7 +109,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// The study's ImageNet pipeline (PROTOCOL.md, "Input pipeline").
+    /// The study's ImageNet pipeline (docs/protocol.md, "Input pipeline").
     pub fn imagenet() -> Self {
         Pipeline {
             resize_shorter: 256,
@@ -143,7 +143,7 @@ pub enum OodSet {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ProbeSet {
     Clean,
-    /// Corruption index in PROTOCOL.md order (0 = gaussian_noise) and severity 1..=5.
+    /// Corruption index in docs/protocol.md order (0 = gaussian_noise) and severity 1..=5.
     Corruption { corruption: u8, severity: u8 },
     Adversarial(Attack),
     Ood(OodSet),
@@ -280,7 +280,7 @@ pub struct Header {
     /// Where corrupted images came from (generated on the device, or an
     /// ImageNet-C tree) and how; empty when no corruption ran.
     pub corruption_source: String,
-    /// `pixel` or `reference` (PROTOCOL.md, dimension 2); empty when no attack ran.
+    /// `pixel` or `reference` (docs/protocol.md, dimension 2); empty when no attack ran.
     pub adversarial_mode: String,
     /// How input gradients were taken: `exact`, or `ste` (straight-through
     /// estimator through quantisation); empty when no attack ran.

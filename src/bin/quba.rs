@@ -252,13 +252,7 @@ fn report_cmd(a: ReportArgs) -> Result<()> {
 
 fn compare(a: CompareArgs) -> Result<()> {
     let (ra, rb) = (Run::load(&a.run_a)?, Run::load(&a.run_b)?);
-    if !(a.margin_fraction.is_finite() && a.margin_fraction >= 0.0) {
-        anyhow::bail!("--margin-fraction {}: a fraction is a finite number ≥ 0", a.margin_fraction);
-    }
-    let mut margins = Margins::from_fraction(a.margin_fraction);
-    for m in &a.margins {
-        margins.set(m)?;
-    }
+    let margins = Margins::from_args(a.margin_fraction, &a.margins)?;
     let opts = quba_host::compare::CompareOptions { bootstrap: a.bootstrap, seed: a.ci_seed, margins };
     let c = quba_host::compare::compare(&ra, &rb, &opts)?;
     if a.json {

@@ -31,6 +31,11 @@ pub struct Entry {
     pub dir: Option<String>,
 }
 
+/// How the ledger names a run directory: its name inside the runs directory.
+pub fn dir_name(dir: &Path) -> Option<String> {
+    dir.file_name().map(|n| n.to_string_lossy().into_owned())
+}
+
 impl Ledger {
     pub fn new(jobs: Vec<Entry>) -> Ledger {
         Ledger { schema: SCHEMA.into(), jobs }

@@ -113,8 +113,14 @@ impl Job {
     }
 
     pub fn model(&self) -> &Path {
+        &self.run().model
+    }
+
+    /// The run directory, where one exists or was claimed.
+    pub fn dir(&self) -> Option<&Path> {
         match self {
-            Job::Fresh { run: r, .. } | Job::Resume { run: r, .. } => &r.model,
+            Job::Fresh { dir, .. } => dir.as_deref(),
+            Job::Resume { dir, .. } => Some(dir),
         }
     }
 }
@@ -237,19 +243,7 @@ impl Plan {
 
     /// The ledger of this plan before any new run directory is claimed.
     fn ledger_now(&self) -> Ledger {
-        let name = |d: &Path| d.file_name().map(|n| n.to_string_lossy().into_owned());
-        Ledger::new(
-            self.jobs
-                .iter()
-                .map(|j| Entry {
-                    args: j.run().to_args(),
-                    dir: match j {
-                        Job::Fresh { dir, .. } => dir.as_deref().and_then(name),
-                        Job::Resume { dir, .. } => name(dir),
-                    },
-                })
-                .collect(),
-        )
+        Ledger::new(self.jobs.iter().map(|j| Entry { args: j.run().to_args(), dir: j.dir().and_then(ledger::dir_name) }).collect())
     }
 
     /// The command prefix of a device process on this machine: the launcher,
@@ -305,7 +299,7 @@ pub fn run(plan: &Plan) -> Result<Report> {
                     // leaves a run that `--resume RUNS_DIR` continues.
                     if let Some(l) = &ledger {
                         let mut l = l.lock().unwrap();
-                        l.jobs[i].dir = d.file_name().map(|n| n.to_string_lossy().into_owned());
+                        l.jobs[i].dir = ledger::dir_name(&d);
                         l.write(&plan.runs_dir)?;
                     }
                     d

@@ -251,7 +251,7 @@ fn eight_concurrent_streams_one_of_them_garbage() {
     let t = tmp!("listen");
     let runs = t.join("runs");
     let args = ["--bind", "127.0.0.1:0", "--token", "fleet-token", "--streams", "8", "--max-connections", "8", "--runs-dir"];
-    let (host, addr) = listen(&args.iter().map(std::ffi::OsStr::new).chain([runs.as_os_str()]).collect::<Vec<_>>());
+    let (host, addr) = listen(&args, &runs);
     let boards: Vec<Child> = (0..7)
         .map(|_| {
             Command::new(DEVICE)

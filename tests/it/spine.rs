@@ -313,7 +313,7 @@ fn tcp_stream_needs_the_token() {
     for (i, good) in [(0, true), (1, false)] {
         let dir = t.join(format!("run{i}"));
         let args = ["--bind", "127.0.0.1:0", "--token", "s3cret", "--run-dir"];
-        let (mut host, addr) = listen(&args.iter().map(std::ffi::OsStr::new).chain([dir.as_os_str()]).collect::<Vec<_>>());
+        let (mut host, addr) = listen(&args, &dir);
         let token = if good { "s3cret" } else { "guess" };
         let dev = run(&mut device("tiny-cnn.fp32.onnx", &["--out", &format!("tcp://{addr}"), "--token", token]));
         let status = host.wait().unwrap();

@@ -34,11 +34,12 @@ pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// Starts `quba listen ARGS` and returns it with the address it printed.
-pub fn listen(args: &[&std::ffi::OsStr]) -> (std::process::Child, String) {
+/// Starts `quba listen ARGS DIR` (DIR: the value of a last `--run-dir` or
+/// `--runs-dir`) and returns it with the address it printed.
+pub fn listen(args: &[&str], dir: &std::path::Path) -> (std::process::Child, String) {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
-    let mut host = Command::new(QUBA).arg("listen").args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut host = Command::new(QUBA).arg("listen").args(args).arg(dir).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let first = std::io::BufReader::new(host.stdout.take().unwrap()).lines().next().unwrap().unwrap();
     let addr = first.split_whitespace().nth(2).unwrap().to_string();
     (host, addr)

@@ -56,9 +56,10 @@ impl Verdict {
 }
 
 /// The default margin, as a fraction of the study's normalisation std of
-/// each dimension: 0.2 std moves a model's QUBA by at most 0.2 × that
-/// dimension's weight (weights sum to 1), small next to the study's
-/// spread of QUBA between models.
+/// each dimension: a change of 0.2 std in one dimension moves a model's
+/// QUBA by 0.2 × that dimension's share of the weights. A convention (a
+/// "small effect" in standardised units), not a measured threshold;
+/// `--margin-fraction` and `--margin` change it.
 pub const DEFAULT_MARGIN_FRACTION: f64 = 0.2;
 
 /// Per dimension, the largest |b − a| that does not matter.
@@ -71,12 +72,24 @@ impl Margins {
         Margins(Dimension::ALL.map(|d| fraction * d.paper_mean_std().1))
     }
 
+    /// `--margin-fraction` and the `--margin DIMENSION=VALUE` overrides.
+    pub fn from_args(fraction: f64, overrides: &[String]) -> Result<Margins> {
+        if !(fraction.is_finite() && fraction >= 0.0) {
+            bail!("--margin-fraction {fraction}: a fraction is a finite number ≥ 0");
+        }
+        let mut m = Margins::from_fraction(fraction);
+        for o in overrides {
+            m.set(o)?;
+        }
+        Ok(m)
+    }
+
     pub fn get(&self, d: Dimension) -> f64 {
         self.0[d.index()]
     }
 
     /// Applies one `DIMENSION=VALUE` override (`--margin accuracy=0.01`).
-    pub fn set(&mut self, spec: &str) -> Result<()> {
+    fn set(&mut self, spec: &str) -> Result<()> {
         let (key, value) = spec.split_once('=').ok_or_else(|| anyhow::anyhow!("--margin {spec}: expected DIMENSION=VALUE, e.g. accuracy=0.01"))?;
         let d = Dimension::ALL.into_iter().find(|d| d.key() == key.trim()).ok_or_else(|| {
             anyhow::anyhow!("--margin {spec}: no dimension {key:?}; one of {}", Dimension::ALL.map(|d| d.key()).join(", "))
@@ -394,5 +407,7 @@ mod tests {
         assert!(e.contains("no dimension \"acuracy\"") && e.contains("calibration_error"), "{e}");
         assert!(m.set("accuracy").unwrap_err().to_string().contains("DIMENSION=VALUE"));
         assert!(m.set("accuracy=-1").unwrap_err().to_string().contains("≥ 0"));
+        assert_eq!(Margins::from_args(0.2, &["accuracy=0.005".into()]).unwrap(), m);
+        assert!(Margins::from_args(f64::NAN, &[]).unwrap_err().to_string().starts_with("--margin-fraction NaN"));
     }
 }

@@ -63,6 +63,12 @@ struct Compound<'a> {
 }
 
 impl Compound<'_> {
+    /// A struct's field, in the order serde visits it (= declaration order).
+    fn field<T: ?Sized + Serialize>(&mut self, key: &'static str, value: &T) -> Result<(), Error> {
+        self.fields.push(key);
+        value.serialize(&mut *self.layouts)
+    }
+
     fn end(self) -> Result<(), Error> {
         if let Some(name) = self.name {
             let old = self.layouts.structs.insert(name.clone(), self.fields.clone());
@@ -228,8 +234,7 @@ impl ser::SerializeStruct for Compound<'_> {
     type Ok = ();
     type Error = Error;
     fn serialize_field<T: ?Sized + Serialize>(&mut self, key: &'static str, value: &T) -> Result<(), Error> {
-        self.fields.push(key);
-        value.serialize(&mut *self.layouts)
+        self.field(key, value)
     }
     fn skip_field(&mut self, key: &'static str) -> Result<(), Error> {
         // postcard never skips, and no wire type asks to; a skipped field
@@ -246,8 +251,7 @@ impl ser::SerializeStructVariant for Compound<'_> {
     type Ok = ();
     type Error = Error;
     fn serialize_field<T: ?Sized + Serialize>(&mut self, key: &'static str, value: &T) -> Result<(), Error> {
-        self.fields.push(key);
-        value.serialize(&mut *self.layouts)
+        self.field(key, value)
     }
     fn end(self) -> Result<(), Error> {
         Compound::end(self)

@@ -1,6 +1,6 @@
 """Our engine path (`quba bench --json`) against onnxruntime on the same ONNX
 files, batch 1 and 16, 1 and 2 threads, in one run on one machine, written to
-docs/benchmarks.md (issue 10).
+docs/benchmarks.md and, every measurement, to docs/benchmarks.json (issue 10).
 
 Both sides are timed the same way: random float32 input of the model's own
 size, warm-up, then the median of repeated forward passes, reported as wall
@@ -18,7 +18,8 @@ with a note, where absent):
     cargo build --release --bins
     .venv-bench/bin/python scripts/bench_runtimes.py --quba target/release/quba --device-bin target/release/quba-device
 About 15 minutes on a 2-core machine; `--quick` (zoo fp32 of one model, a
-few rounds) checks the plumbing in seconds.
+few rounds) checks the plumbing in seconds (give it --out and --json-out
+elsewhere, or it overwrites the docs with its toy numbers).
 """
 import argparse
 import datetime
@@ -26,6 +27,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shlex
 import shutil
 import statistics
@@ -77,6 +79,28 @@ def machine() -> dict:
 
 def loadavg() -> str:
     return Path("/proc/loadavg").read_text().split()[0]
+
+
+def cpu_seconds() -> dict:
+    """CPU time so far: the machine's as /proc/stat counts it (busy, and
+    stolen by the hypervisor) and this process's with its waited-for children
+    (onnxruntime runs here, `quba bench` in children). Their difference over
+    the run is what other work took, which the load average cannot tell apart
+    from the benchmark's own threads. In a container /proc/stat counts the
+    whole host, so there it over-states the interference."""
+    tick = os.sysconf("SC_CLK_TCK")
+    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    user, nice, system, irq, softirq, steal = f[0], f[1], f[2], f[5], f[6], f[7]
+    own = sum(getattr(resource.getrusage(w), k) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for k in ("ru_utime", "ru_stime"))
+    return {"busy_s": (user + nice + system + irq + softirq) / tick, "steal_s": steal / tick, "own_s": own}
+
+
+def other_work(start: dict, end: dict, elapsed_s: float) -> dict:
+    busy = end["busy_s"] - start["busy_s"]
+    own = end["own_s"] - start["own_s"]
+    return {"other_cpu_s": max(0.0, busy - own), "steal_s": end["steal_s"] - start["steal_s"], "own_cpu_s": own,
+            "elapsed_s": elapsed_s}
 
 
 def input_shape(path: Path) -> tuple[str, int | None]:
@@ -170,7 +194,8 @@ def main():
     ap.add_argument("--quba", default=str(ROOT / "target" / "release" / "quba"))
     ap.add_argument("--device-bin", default=str(ROOT / "target" / "release" / "quba-device"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
-    ap.add_argument("--json-out", help="also write every measurement as JSON here")
+    ap.add_argument("--json-out", default=str(ROOT / "docs" / "benchmarks.json"),
+                    help="every measurement as JSON (what --render-from reads)")
     ap.add_argument("--quick", action="store_true", help="one zoo model, few rounds: checks the script, not the speed")
     ap.add_argument("--note", action="append", default=[], help="a line for the doc's notes (e.g. what else ran on the machine)")
     ap.add_argument("--render-from", help="write the doc from a --json-out file of an earlier run instead of measuring")
@@ -187,6 +212,7 @@ def main():
         TARGET_S = 0.2
 
     t_start = time.time()
+    cpu_start = cpu_seconds()
     mach = machine()
     load_start = loadavg()
     quba_version = sh([a.quba, "--version"]).strip()
@@ -232,15 +258,17 @@ def main():
     elapsed = time.time() - t_start
     meta = {
         "machine": mach, "load_start": load_start, "load_end": loadavg(), "elapsed_s": elapsed,
+        "other_work": other_work(cpu_start, cpu_seconds(), elapsed),
         "quba": quba_version, "rev": rev + ("+changes" if dirty else ""), "tract_onnx": tract_version, "rustc": rustc,
         "onnxruntime": ort.__version__, "numpy": np.__version__, "python": platform.python_version(),
         "date": datetime.date.today().isoformat(), "target_s": TARGET_S,
         "command": shlex.join([".venv-bench/bin/python", "scripts/bench_runtimes.py"] + sys.argv[1:]),
     }
-    if a.json_out:
-        Path(a.json_out).write_text(json.dumps({"meta": meta, "rows": rows, "sizes": sizes, "notes": notes}, indent=1))
+    # Both files from the same numbers, always: a doc whose JSON is from
+    # another run contradicts it.
+    Path(a.json_out).write_text(json.dumps({"meta": meta, "rows": rows, "sizes": sizes, "notes": notes}, indent=1) + "\n")
     Path(a.out).write_text(render(meta, rows, sizes, notes))
-    print(f"wrote {a.out} in {elapsed / 60:.1f} min")
+    print(f"wrote {a.out} and {a.json_out} in {elapsed / 60:.1f} min")
 
 
 def gmean(xs: list[float]) -> float:
@@ -307,6 +335,29 @@ def int8_section(rows: list[dict]) -> list[str]:
     return out
 
 
+# Other processes' CPU use, averaged over the run, above which the run is
+# called shared. A convention: a tenth of a core leaves room for a quiet
+# machine's daemons and is far below one competing thread.
+SHARED_CORES = 0.1
+
+
+def load_line(meta: dict) -> str:
+    """What else ran, from what the run measured; no verdict without a measurement."""
+    load = (f"Load average (1 min) at start {meta['load_start']}, at end {meta['load_end']} (the end figure includes "
+            "this benchmark's own threads).")
+    w = meta.get("other_work")
+    if not w:
+        return f"- {load} Other processes' CPU use was not measured in this run."
+    cores = w["other_cpu_s"] / w["elapsed_s"]
+    used = (f"other processes used {w['other_cpu_s']:.1f} CPU-seconds over the run's {w['elapsed_s']:.0f} s "
+            f"({cores:.2f} of a core on average)")
+    if w["steal_s"] > 0:
+        used += f", and the hypervisor took {w['steal_s']:.1f} s"
+    if cores < SHARED_CORES and w["steal_s"] < SHARED_CORES * w["elapsed_s"]:
+        return f"- {load} The machine was otherwise idle: {used}."
+    return f"- {load} Other work shared the machine: {used}, so times are high and 2-thread rows the noisiest."
+
+
 def render(meta: dict, rows: list[dict], sizes: dict, notes: list[str]) -> str:
     m = meta["machine"]
     L = [
@@ -320,8 +371,7 @@ def render(meta: dict, rows: list[dict], sizes: dict, notes: list[str]) -> str:
         f"- CPU: {m['model_name']} ({m['arch']}), {m['cores']} cores, {m['threads_per_core']} thread(s) per core"
         + (f", {m['hypervisor']} guest" if m["hypervisor"] else "") + f"; SIMD: {', '.join(m['simd']) or 'none listed'};"
         f" {m['mem_gib']:.0f} GiB memory.",
-        f"- Load average (1 min) at start {meta['load_start']}, at end {meta['load_end']}: other work shared the "
-        "machine, so 2-thread rows are the noisiest.",
+        load_line(meta),
         f"- {meta['quba']} (commit {meta['rev']}) with tract-onnx {meta['tract_onnx']} ({meta['rustc']}, release profile);"
         f" onnxruntime {meta['onnxruntime']} (CPUExecutionProvider), numpy {meta['numpy']}, Python {meta['python']}.",
         f"- Date {meta['date']}; the whole run took {meta['elapsed_s'] / 60:.1f} min.",

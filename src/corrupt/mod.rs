@@ -29,7 +29,7 @@
 //! `cos`) decide a pixel; never the platform libm, never `mul_add` or
 //! `powi`. Rust does not contract into FMA by itself, and these targets have
 //! no excess precision. JPEG goes through image-rs's encoder and decoder,
-//! whose integer paths are checked under QEMU (`tests/qemu_corrupt.rs`).
+//! whose integer paths are checked under QEMU (`tests/it/qemu_corrupt.rs`).
 
 mod filters;
 mod kinds;

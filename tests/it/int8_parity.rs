@@ -105,7 +105,7 @@ fn zoo_int8_models_agree_with_onnxruntime() {
 /// EfficientNet-Lite0 is not in the repo (scripts/make_efficientnet_lite0.py
 /// makes it): `python scripts/int8_parity.py --lite0 DIR` writes its
 /// reference, then `QUBA_LITE0_REFERENCE=/tmp/lite0-int8-reference.json cargo
-/// test --release --test int8_parity -- --ignored`.
+/// test --release --test it int8_parity::lite0_agrees_with_onnxruntime -- --ignored`.
 #[test]
 #[ignore = "needs EfficientNet-Lite0 and its reference (see above)"]
 fn lite0_agrees_with_onnxruntime() {

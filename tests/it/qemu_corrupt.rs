@@ -1,7 +1,7 @@
 //! Every corruption at every severity gives the same bytes on the aarch64
 //! board binary (under QEMU, Cortex-A72) as on the x86 host: the suite's
 //! corrupted images, and so its corruption numbers, do not depend on the
-//! board. Same skip rule as tests/qemu.rs (QUBA_REQUIRE_ARM=1 in CI).
+//! board. Same skip rule as tests/it/qemu.rs (QUBA_REQUIRE_ARM=1 in CI).
 
 use std::path::PathBuf;
 use std::process::Command;

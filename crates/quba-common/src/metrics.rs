@@ -14,8 +14,6 @@
 //! that our numbers sit on the same scale as its table; each such place says
 //! so in a comment.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 /// Index of the largest value; the first one on ties, and the first NaN if
 /// there is one — the behaviour of `numpy.argmax` and `torch.argmax`, so a
@@ -365,47 +363,6 @@ pub fn quantile_sorted(xs: &[f64], q: f64) -> f64 {
     } else {
         a + d * t
     }
-}
-
-/// Percentile-bootstrap 95% interval of `stat` over `n` samples.
-///
-/// Each of `reps` resamples draws n indices from 0..n with replacement from a
-/// `ChaCha8Rng` seeded with `seed`, and `stat` sees the index list; the
-/// interval is the 2.5th and 97.5th percentiles of the `reps` values
-/// (numpy's linear interpolation). Indices are drawn as u64 and converted:
-/// `gen_range` over `usize` would consume 32-bit words on the 32-bit boards
-/// and 64-bit words on the host, and the same seed must give the same
-/// interval on both. NaN bounds if n or reps is 0 or any resample's
-/// statistic is NaN (as `np.percentile` would).
-pub fn bootstrap_ci(n: usize, reps: usize, seed: u64, mut stat: impl FnMut(&[usize]) -> f64) -> (f64, f64) {
-    bootstrap_ci_sets(&[n], reps, seed, |ix| stat(&ix[0]))
-}
-
-/// [`bootstrap_ci`] for a statistic of several independent samples (a
-/// shifted set's accuracy relative to the clean one): each resample redraws
-/// every set from one stream, set after set, so one set reproduces
-/// `bootstrap_ci` exactly.
-pub fn bootstrap_ci_sets(sizes: &[usize], reps: usize, seed: u64, mut stat: impl FnMut(&[Vec<usize>]) -> f64) -> (f64, f64) {
-    if sizes.is_empty() || sizes.contains(&0) || reps == 0 {
-        return (f64::NAN, f64::NAN);
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut idx: Vec<Vec<usize>> = sizes.iter().map(|&n| vec![0usize; n]).collect();
-    let mut vals = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        for (set, &n) in idx.iter_mut().zip(sizes) {
-            for slot in set.iter_mut() {
-                *slot = rng.gen_range(0..n as u64) as usize;
-            }
-        }
-        vals.push(stat(&idx));
-    }
-    if vals.iter().any(|v| v.is_nan()) {
-        return (f64::NAN, f64::NAN);
-    }
-    vals.sort_by(|a, b| a.total_cmp(b));
-    // 2.5/100 and 97.5/100 as np.percentile forms them (q / 100).
-    (quantile_sorted(&vals, 2.5 / 100.0), quantile_sorted(&vals, 97.5 / 100.0))
 }
 
 /// Shape bias on cue-conflict decisions (docs/protocol.md, dimension 8): images
@@ -866,41 +823,6 @@ mod tests {
         assert_eq!(quantile_sorted(&xs, 0.0), 1.0);
         assert_eq!(quantile_sorted(&xs, 1.0), 4.0);
     }
-
-    #[test]
-    fn bootstrap_is_deterministic_and_sane() {
-        let data: Vec<f64> = (0..200).map(|i| (i % 10) as f64).collect();
-        let mean = |ix: &[usize]| ix.iter().map(|&i| data[i]).sum::<f64>() / ix.len() as f64;
-        let a = bootstrap_ci(data.len(), 500, 42, mean);
-        let b = bootstrap_ci(data.len(), 500, 42, mean);
-        assert_eq!(a, b, "same seed, same interval");
-        let c = bootstrap_ci(data.len(), 500, 43, mean);
-        assert_ne!(a, c, "another seed resamples differently");
-        // True mean 4.5, sd 2.87, se ≈ 0.203 → interval ≈ 4.5 ± 0.4.
-        assert!(a.0 < 4.5 && 4.5 < a.1, "{a:?}");
-        assert!(a.0 > 3.9 && a.1 < 5.1, "{a:?}");
-        // A constant statistic has a zero-width interval.
-        assert_eq!(bootstrap_ci(10, 50, 1, |_| 0.3), (0.3, 0.3));
-        let nan = bootstrap_ci(0, 10, 1, |_| 0.0);
-        assert!(nan.0.is_nan() && nan.1.is_nan());
-    }
-
-    #[test]
-    fn bootstrap_draws_are_pinned() {
-        // The first resample of seed 7 over n = 10, pinned so that a change
-        // in rand/rand_chacha's stream (which would silently change every
-        // published interval) fails here. Values recorded from this
-        // implementation (ChaCha8Rng::seed_from_u64(7), gen_range(0..10u64))
-        // and checked to be the same on armv7 under qemu, where
-        // gen_range(0..10usize) gives [1, 1, 7, 0, 7, 6, 8, 3, 2, 2] instead.
-        let mut first = Vec::new();
-        bootstrap_ci(10, 1, 7, |ix| {
-            first = ix.to_vec();
-            0.0
-        });
-        assert_eq!(first, PINNED_DRAWS.to_vec());
-    }
-    const PINNED_DRAWS: [usize; 10] = [1, 7, 7, 6, 3, 8, 2, 5, 2, 4];
 
     #[test]
     fn spearman_hand_cases() {

@@ -5,9 +5,10 @@
 //! the interval of each dimension's delta comes from a *paired* bootstrap:
 //! every resample draws the same samples from both runs, so the noise of
 //! which images were drawn cancels and only the models' disagreement is left.
-//! Sets that reuse the clean samples' ids (corruptions, attacks) are drawn
-//! together with the clean set, so a resample keeps an image's clean and
-//! corrupted versions together, as the dimensions pair them.
+//! The resamples are the report's (`resample`): sets that show the same
+//! images (clean, its corruptions and attacks; mixed_same and mixed_rand)
+//! are drawn together, so a resample keeps an image's clean and corrupted
+//! versions together, as the dimensions pair them.
 //!
 //! Verdicts are equivalence tests, not "no significant difference": each
 //! dimension has a margin, the largest difference that does not matter
@@ -17,17 +18,15 @@
 //! `inconclusive`, with how many times the images would settle it: a small
 //! run no longer reads "equal" merely because it cannot see anything.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use anyhow::{bail, Result};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Map, Value};
 
-use crate::metrics::quantile_sorted;
 use crate::protocol::{ProbeSet, Record};
 use crate::quba::Dimension;
-use crate::report::{evaluate_records, EvalOptions, Records, Run};
+use crate::report::{paired, EvalOptions, Records, Run};
+use crate::resample;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Verdict {
@@ -155,14 +154,6 @@ fn view<'a>(run: &'a Run, records: Vec<&'a Record>) -> Records<'a> {
     Records { dir: &run.dir, header: &run.header, records }
 }
 
-/// The clean samples' ids are shared by the sets derived from them.
-fn family(set: ProbeSet) -> ProbeSet {
-    match set {
-        ProbeSet::Corruption { .. } | ProbeSet::Adversarial(_) => ProbeSet::Clean,
-        s => s,
-    }
-}
-
 pub fn compare(a: &Run, b: &Run, opts: &CompareOptions) -> Result<Comparison> {
     let (ha, hb) = (&a.header, &b.header);
     if ha.benchmark != hb.benchmark || ha.seed != hb.seed || ha.dataset_fingerprint != hb.dataset_fingerprint {
@@ -195,45 +186,15 @@ pub fn compare(a: &Run, b: &Run, opts: &CompareOptions) -> Result<Comparison> {
     let clean_agreement =
         (!clean.is_empty()).then(|| clean.iter().filter(|p| p.1.prediction == p.2.prediction).count() as f64 / clean.len() as f64);
 
-    let values = |ra: Vec<&Record>, rb: Vec<&Record>| -> Result<[(Option<f64>, Option<f64>); 9]> {
-        let none = EvalOptions { bootstrap: 0, seed: 0 };
-        let va = evaluate_records(&view(a, ra), &none)?.values;
-        let vb = evaluate_records(&view(b, rb), &none)?.values;
-        Ok(std::array::from_fn(|i| (va[i], vb[i])))
-    };
-    let point = values(pairs.iter().map(|p| p.1).collect(), pairs.iter().map(|p| p.2).collect())?;
-
-    // Per family: the sample ids to draw from, and for each set the pair of each id.
-    let mut universe: BTreeMap<ProbeSet, BTreeSet<u32>> = BTreeMap::new();
-    let mut by_set: BTreeMap<ProbeSet, HashMap<u32, (&Record, &Record)>> = BTreeMap::new();
-    for ((set, id), ra, rb) in &pairs {
-        universe.entry(family(*set)).or_default().insert(*id);
-        by_set.entry(*set).or_default().insert(*id, (*ra, *rb));
-    }
-    let universe: Vec<(ProbeSet, Vec<u32>)> = universe.into_iter().map(|(f, ids)| (f, ids.into_iter().collect())).collect();
+    let view_a = view(a, pairs.iter().map(|p| p.1).collect());
+    let view_b = view(b, pairs.iter().map(|p| p.2).collect());
+    let (point_a, point_b, replicates) = paired(&view_a, &view_b, &EvalOptions { bootstrap: opts.bootstrap, seed: opts.seed })?;
+    let finite = |v: Option<f64>| v.filter(|x| x.is_finite());
     let mut deltas: Vec<Vec<f64>> = vec![Vec::with_capacity(opts.bootstrap); 9];
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-    for _ in 0..opts.bootstrap {
-        let mut drawn: HashMap<ProbeSet, Vec<u32>> = HashMap::new();
-        for (fam, ids) in &universe {
-            // u64 draws: the same seed gives the same resample on 32-bit boards.
-            let d: Vec<u32> = (0..ids.len()).map(|_| ids[rng.gen_range(0..ids.len() as u64) as usize]).collect();
-            drawn.insert(*fam, d);
-        }
-        let (mut ra, mut rb) = (Vec::new(), Vec::new());
-        for (set, recs) in &by_set {
-            for id in &drawn[&family(*set)] {
-                if let Some((x, y)) = recs.get(id) {
-                    ra.push(*x);
-                    rb.push(*y);
-                }
-            }
-        }
-        for (i, (x, y)) in values(ra, rb)?.into_iter().enumerate() {
-            if let (Some(x), Some(y)) = (x, y) {
-                if (y - x).is_finite() {
-                    deltas[i].push(y - x);
-                }
+    for (ra, rb) in &replicates {
+        for i in 0..9 {
+            if let (Some(x), Some(y)) = (ra[i], rb[i]) {
+                deltas[i].push(y - x);
             }
         }
     }
@@ -242,14 +203,9 @@ pub fn compare(a: &Run, b: &Run, opts: &CompareOptions) -> Result<Comparison> {
         .iter()
         .enumerate()
         .map(|(i, &dimension)| {
-            let (va, vb) = point[i];
+            let (va, vb) = (finite(point_a[i]), finite(point_b[i]));
             let delta = va.zip(vb).map(|(x, y)| y - x).filter(|d| d.is_finite());
-            let ds = &mut deltas[i];
-            ds.sort_by(|x, y| x.total_cmp(y));
-            // A resample where a dimension is undefined (no correct clean image
-            // drawn) is dropped; if many are, the interval would mislead.
-            let interval = (opts.bootstrap > 0 && ds.len() * 10 >= opts.bootstrap * 9)
-                .then(|| (quantile_sorted(ds, 0.025), quantile_sorted(ds, 0.975)));
+            let interval = resample::interval(std::mem::take(&mut deltas[i]), opts.bootstrap);
             let margin = opts.margins.get(dimension);
             DimensionDelta { dimension, a: va, b: vb, delta, interval, margin, verdict: verdict(delta, interval, margin) }
         })

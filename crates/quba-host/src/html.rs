@@ -282,10 +282,16 @@ fn by_quba(rep: &Report) -> Vec<usize> {
     order
 }
 
+/// An interval under its value, or nothing.
+fn ci(interval: Option<(f64, f64)>) -> String {
+    interval.map(|(lo, hi)| format!("<br><span class=\"ci\">[{}, {}]</span>", num(lo), num(hi))).unwrap_or_default()
+}
+
 fn ranking(rep: &Report) -> String {
     let mut s = String::from(
-        "<section class=\"box\"><h2>Ranking</h2><p class=\"legend\">Sorted by QUBA. Each value with its 95% bootstrap interval \
-         (resampling images) below it; — where a dimension was not measured. Calibration error and parameters: lower is better.</p>\
+        "<section class=\"box\"><h2>Ranking</h2><p class=\"legend\">Sorted by QUBA. Each value with its 95% paired bootstrap \
+         interval below it (resampling images; a clean image and its corrupted and attacked versions are drawn together); \
+         QUBA's interval holds the normalisation fixed; — where a dimension was not measured. Calibration error and parameters: lower is better.</p>\
          <table class=\"rank\"><thead><tr><th>#</th><th>model</th><th>precision</th><th>int8 format</th><th>QUBA</th>",
     );
     for (d, short) in Dimension::ALL.iter().zip(SHORT) {
@@ -297,12 +303,13 @@ fn ranking(rep: &Report) -> String {
         let h = &run.header;
         let _ = write!(
             s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"q\">{}</td>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"q\">{}{}</td>",
             rank + 1,
             esc(&h.model_name),
             h.precision.as_str(),
             esc(if h.int8_format.is_empty() { "—" } else { &h.int8_format }),
-            sc.quba.map(num).unwrap_or_else(|| "—".into())
+            sc.quba.map(num).unwrap_or_else(|| "—".into()),
+            ci(sc.interval)
         );
         for d in Dimension::ALL {
             let k = d.index();
@@ -312,8 +319,7 @@ fn ranking(rep: &Report) -> String {
                     let _ = write!(s, "<td class=\"na\" title=\"{}\">—</td>", esc(why));
                 }
                 Some(v) => {
-                    let iv = res.intervals[k].map(|(lo, hi)| format!("<br><span class=\"ci\">[{}, {}]</span>", num(lo), num(hi))).unwrap_or_default();
-                    let _ = write!(s, "<td>{}{iv}</td>", num(v));
+                    let _ = write!(s, "<td>{}{}</td>", num(v), ci(res.intervals[k]));
                 }
             }
         }

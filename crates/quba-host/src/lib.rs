@@ -4,7 +4,8 @@
 //!
 //! - receiving: [`ingest`] (a stream into a run directory, resuming one),
 //!   [`listen`] (boards over TCP), [`merge`] (shard runs into one run);
-//! - analysing: [`report`] (records → dimensions with intervals), [`quba`]
+//! - analysing: [`report`] (records → dimensions), [`resample`] (the paired
+//!   bootstrap behind every interval), [`quba`]
 //!   (normalisation, weights, score), [`compare`] (paired run-vs-run);
 //! - writing: [`output`] (results.json, the table, the report files), [`html`],
 //!   [`export`] (CSV, xlsx, jsonl);
@@ -27,6 +28,7 @@ pub mod output;
 pub mod progress;
 pub mod quba;
 pub mod report;
+pub mod resample;
 
 pub use quba_common::{benchmark, metrics};
 /// The wire format (`crates/quba-wire`).

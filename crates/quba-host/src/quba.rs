@@ -245,10 +245,17 @@ pub struct Scored {
     pub normalised: Values,
     pub quba: Option<f64>,
     pub reason: Option<String>,
+    /// 95% interval of QUBA over the run's bootstrap resamples, scored with
+    /// the cohort's point normalisers (see `quba_interval`).
+    #[serde(default)]
+    pub interval: Option<(f64, f64)>,
 }
 
 /// Per dimension, the (mean, std) to normalise with, or why there is none.
-fn normalisers(rows: &[Values], norm: Normalisation) -> [Result<(f64, f64), String>; 9] {
+pub type Normalisers = [Result<(f64, f64), String>; 9];
+
+/// Per dimension, the (mean, std) to normalise with, or why there is none.
+pub fn normalisers(rows: &[Values], norm: Normalisation) -> [Result<(f64, f64), String>; 9] {
     Dimension::ALL.map(|d| match norm {
         Normalisation::Paper => Ok(d.paper_mean_std()),
         Normalisation::Cohort => {
@@ -287,73 +294,84 @@ fn normalisers(rows: &[Values], norm: Normalisation) -> [Result<(f64, f64), Stri
 /// normalises to 0 for every model: it does not separate them. Dimensions with weight 0 may be missing. Invalid
 /// weights (negative, non-finite, all zero) give every row no QUBA.
 pub fn score(rows: &[Values], norm: Normalisation, weights: &Weights) -> Vec<Scored> {
-    let weight_problem = weights.problem();
     let stats = normalisers(rows, norm);
-    rows.iter()
-        .map(|row| {
-            let mut normalised: Values = [None; 9];
-            let mut missing = Vec::new();
-            let mut not_finite = Vec::new();
-            let (mut num, mut den) = (0.0f64, 0.0f64);
-            for d in Dimension::ALL {
-                let i = d.index();
-                let z = match row[i] {
-                    None => {
-                        missing.push(d);
-                        None
-                    }
-                    Some(v) if !v.is_finite() => {
-                        not_finite.push(d);
-                        None
-                    }
-                    Some(v) => stats[i].as_ref().ok().map(|&(mean, sd)| {
-                        let z = if sd == 0.0 { 0.0 } else { (v - mean) / sd };
-                        if d.higher_is_better() {
-                            z
-                        } else {
-                            -z
-                        }
-                    }),
-                };
-                normalised[i] = z;
-                // A zero weight contributes nothing, and skipping it keeps an
-                // unavailable z there from mattering.
-                if let (Some(z), true) = (z, weights.0[i] > 0.0) {
-                    num += weights.0[i] * z;
-                    den += weights.0[i];
+    rows.iter().map(|row| score_row(row, &stats, weights)).collect()
+}
+
+/// QUBA's 95% interval from one model's bootstrap resamples (`ModelResult::
+/// replicates`): each resample scored with `stats`, the normalisers of the
+/// point values. With paper constants that is the whole uncertainty; with
+/// cohort normalisation it holds the other models' values fixed, so it says
+/// how sure this model's score is against this cohort, not against a cohort
+/// drawn again.
+pub fn quba_interval(replicates: &[Values], stats: &Normalisers, weights: &Weights) -> Option<(f64, f64)> {
+    let scores = replicates.iter().map(|r| score_row(r, stats, weights).quba.unwrap_or(f64::NAN)).collect();
+    crate::resample::interval(scores, replicates.len())
+}
+
+fn score_row(row: &Values, stats: &Normalisers, weights: &Weights) -> Scored {
+    let weight_problem = weights.problem();
+    let mut normalised: Values = [None; 9];
+    let mut missing = Vec::new();
+    let mut not_finite = Vec::new();
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for d in Dimension::ALL {
+        let i = d.index();
+        let z = match row[i] {
+            None => {
+                missing.push(d);
+                None
+            }
+            Some(v) if !v.is_finite() => {
+                not_finite.push(d);
+                None
+            }
+            Some(v) => stats[i].as_ref().ok().map(|&(mean, sd)| {
+                let z = if sd == 0.0 { 0.0 } else { (v - mean) / sd };
+                if d.higher_is_better() {
+                    z
+                } else {
+                    -z
                 }
+            }),
+        };
+        normalised[i] = z;
+        // A zero weight contributes nothing, and skipping it keeps an
+        // unavailable z there from mattering.
+        if let (Some(z), true) = (z, weights.0[i] > 0.0) {
+            num += weights.0[i] * z;
+            den += weights.0[i];
+        }
+    }
+    // Only the dimensions that carry weight can block the score.
+    let weighted = |d: &Dimension| weights.0[d.index()] > 0.0;
+    let names = |ds: &[Dimension]| ds.iter().filter(|d| weighted(d)).map(|d| d.label()).collect::<Vec<_>>().join(", ");
+    let mut reasons = Vec::new();
+    if let Some(p) = &weight_problem {
+        reasons.push(format!("invalid weights: {p}"));
+    }
+    let m = names(&missing);
+    if !m.is_empty() {
+        reasons.push(format!("missing {m}"));
+    }
+    let nf = names(&not_finite);
+    if !nf.is_empty() {
+        reasons.push(format!("not a finite number: {nf}"));
+    }
+    // Normalisation failures for values this row does have; the
+    // cohort-of-one message is the same for all nine, so say it once.
+    for d in Dimension::ALL.iter().filter(|d| weighted(d) && row[d.index()].is_some_and(f64::is_finite)) {
+        if let Err(why) = &stats[d.index()] {
+            if !reasons.contains(why) {
+                reasons.push(why.clone());
             }
-            // Only the dimensions that carry weight can block the score.
-            let weighted = |d: &Dimension| weights.0[d.index()] > 0.0;
-            let names = |ds: &[Dimension]| ds.iter().filter(|d| weighted(d)).map(|d| d.label()).collect::<Vec<_>>().join(", ");
-            let mut reasons = Vec::new();
-            if let Some(p) = &weight_problem {
-                reasons.push(format!("invalid weights: {p}"));
-            }
-            let m = names(&missing);
-            if !m.is_empty() {
-                reasons.push(format!("missing {m}"));
-            }
-            let nf = names(&not_finite);
-            if !nf.is_empty() {
-                reasons.push(format!("not a finite number: {nf}"));
-            }
-            // Normalisation failures for values this row does have; the
-            // cohort-of-one message is the same for all nine, so say it once.
-            for d in Dimension::ALL.iter().filter(|d| weighted(d) && row[d.index()].is_some_and(f64::is_finite)) {
-                if let Err(why) = &stats[d.index()] {
-                    if !reasons.contains(why) {
-                        reasons.push(why.clone());
-                    }
-                }
-            }
-            if reasons.is_empty() {
-                Scored { normalised, quba: Some(num / den), reason: None }
-            } else {
-                Scored { normalised, quba: None, reason: Some(reasons.join("; ")) }
-            }
-        })
-        .collect()
+        }
+    }
+    if reasons.is_empty() {
+        Scored { normalised, quba: Some(num / den), reason: None, interval: None }
+    } else {
+        Scored { normalised, quba: None, reason: Some(reasons.join("; ")), interval: None }
+    }
 }
 
 /// One row of the study's table layout.

@@ -13,7 +13,10 @@ use serde_json::{json, Map, Value};
 
 use crate::benchmark::MappingRules;
 use crate::metrics;
-use crate::protocol::{decode_all, DecodeStats, End, Failure, Header, Message, OodSet, ProbeSet, Record, CORRUPTIONS, PROTOCOL_VERSION};
+use crate::protocol::{
+    decode_all, Attack, DecodeStats, End, Failure, Header, Message, OodSet, ProbeSet, Record, CORRUPTIONS, PROTOCOL_VERSION,
+};
+use crate::resample::{self, Draw, Positions, Universe};
 use crate::quba::{self, Dimension, Normalisation, Values, Weights};
 use crate::ingest::{Keys, Manifest, ManifestFile, RunStatus, LOG_FILE};
 
@@ -90,6 +93,9 @@ pub struct ModelResult {
     pub missing: BTreeMap<Dimension, String>,
     /// Part-measures kept beside the dimensions (ECE and ACE, the class-balance terms, …).
     pub parts: BTreeMap<String, f64>,
+    /// The nine values of every bootstrap resample, in draw order: the
+    /// intervals above, and QUBA's once the report knows its normalisation.
+    pub replicates: Vec<Values>,
 }
 
 /// Clean-set statistics that several dimensions share; computed once.
@@ -98,12 +104,13 @@ struct Clean {
     preds: Vec<usize>,
     probs: Vec<f32>,
     k: usize,
+    at: Positions,
 }
 
 impl Clean {
-    fn from_run(run: &Records) -> Result<Option<Clean>> {
+    fn from_run(run: &Records, universe: &Universe) -> Result<Option<Clean>> {
         let k = run.header.num_classes as usize;
-        let mut c = Clean { labels: vec![], preds: vec![], probs: vec![], k };
+        let mut c = Clean { labels: vec![], preds: vec![], probs: vec![], k, at: universe.positions(ProbeSet::Clean) };
         for r in run.records_of(ProbeSet::Clean) {
             let p = r.probs.as_ref().with_context(|| {
                 format!("{}: clean record of sample {} has no probability vector (needed for ACE)", run.dir.display(), r.sample)
@@ -118,12 +125,15 @@ impl Clean {
         Ok(if c.labels.is_empty() { None } else { Some(c) })
     }
 
-    fn resample(&self, ix: &[usize]) -> (Vec<usize>, Vec<usize>, Vec<f32>) {
-        let mut probs = Vec::with_capacity(ix.len() * self.k);
-        for &i in ix {
+    /// Labels, predictions and probability rows of the drawn clean images.
+    fn resample(&self, draw: &Draw) -> (Vec<usize>, Vec<usize>, Vec<f32>) {
+        let (mut l, mut p, mut probs) = (Vec::new(), Vec::new(), Vec::new());
+        for i in self.at.drawn(draw) {
+            l.push(self.labels[i]);
+            p.push(self.preds[i]);
             probs.extend_from_slice(&self.probs[i * self.k..(i + 1) * self.k]);
         }
-        (ix.iter().map(|&i| self.labels[i]).collect(), ix.iter().map(|&i| self.preds[i]).collect(), probs)
+        (l, p, probs)
     }
 }
 
@@ -151,59 +161,46 @@ impl Records<'_> {
     }
 }
 
+/// The nine dimensions with paired-bootstrap intervals (`resample`).
 pub fn evaluate_records(run: &Records, opts: &EvalOptions) -> Result<ModelResult> {
-    let mut res = ModelResult {
-        values: [None; 9],
-        intervals: [None; 9],
-        samples: [None; 9],
-        missing: BTreeMap::new(),
-        parts: BTreeMap::new(),
-    };
-    let p = Dimension::ParametersM.index();
-    res.values[p] = Some(run.header.parameters as f64 / 1e6);
-    res.parts.insert("model_bytes".into(), run.header.model_bytes as f64);
-
-    let ci = |stat: &dyn Fn(&[usize], &[usize], &[f32]) -> f64, c: &Clean, salt: u64| {
-        metrics::bootstrap_ci(c.labels.len(), opts.bootstrap, opts.seed ^ salt, |ix| {
-            let (l, pr, pb) = c.resample(ix);
-            stat(&l, &pr, &pb)
-        })
-    };
-    match Clean::from_run(run)? {
-        None => {
-            for d in [Dimension::Accuracy, Dimension::CalibrationError, Dimension::ClassBalance] {
-                res.missing.insert(d, "the run has no clean records".into());
+    let universe = Universe::new(&run.records);
+    let (prepared, mut res) = Prepared::new(run, &universe)?;
+    let point = prepared.values(&universe.whole());
+    for (i, d) in Dimension::ALL.iter().enumerate() {
+        match point[i] {
+            Some(v) if !v.is_finite() => {
+                res.missing.insert(*d, prepared.why_not_finite(*d, v));
             }
+            v => res.values[i] = v,
         }
-        Some(c) => {
-            let n = c.labels.len();
-            let k = c.k;
-            let acc = |l: &[usize], p: &[usize], _: &[f32]| metrics::accuracy(l, p);
-            let cal = move |l: &[usize], _: &[usize], pb: &[f32]| metrics::calibration_error(pb, k, l);
-            let bal = move |l: &[usize], _: &[usize], pb: &[f32]| metrics::class_balance(pb, k, l);
-            let stats: [(Dimension, &dyn Fn(&[usize], &[usize], &[f32]) -> f64); 3] =
-                [(Dimension::Accuracy, &acc), (Dimension::CalibrationError, &cal), (Dimension::ClassBalance, &bal)];
-            // ECE and ACE once: they are both reported parts and the point value.
-            let (ece, ace) = metrics::ece_and_ace(&c.probs, k, &c.labels);
-            res.parts.insert("ece".into(), ece);
-            res.parts.insert("ace".into(), ace);
-            for (salt, (d, f)) in stats.into_iter().enumerate() {
-                let i = d.index();
-                res.values[i] = Some(match d {
-                    Dimension::CalibrationError => metrics::gmean(&[ece, ace]),
-                    _ => f(&c.labels, &c.preds, &c.probs),
-                });
-                res.samples[i] = Some(n);
-                if opts.bootstrap > 0 {
-                    res.intervals[i] = Some(ci(f, &c, salt as u64 + 1));
-                }
+    }
+    if opts.bootstrap > 0 {
+        res.replicates.reserve(opts.bootstrap);
+        universe.resamples(opts.bootstrap, opts.seed, |draw| res.replicates.push(prepared.values(draw)));
+        for i in 0..9 {
+            if res.values[i].is_some() && i != Dimension::ParametersM.index() {
+                res.intervals[i] = resample::interval(res.replicates.iter().filter_map(|r| r[i]).collect(), opts.bootstrap);
             }
         }
     }
-    shifted_dimensions(run, opts, &mut res);
-    corruption_dimension(run, opts, &mut res);
-    adversarial_dimension(run, opts, &mut res);
     Ok(res)
+}
+
+/// Two runs' values on the whole sample and on the same resamples: the
+/// paired bootstrap of `compare`. `a` and `b` must hold the same (probe set,
+/// sample) records in the same order.
+pub fn paired(a: &Records, b: &Records, opts: &EvalOptions) -> Result<(Values, Values, Vec<(Values, Values)>)> {
+    let keys = |r: &Records| r.records.iter().map(|x| (x.set, x.sample)).collect::<Vec<_>>();
+    if keys(a) != keys(b) {
+        bail!("{} and {}: a paired bootstrap needs the same records in the same order", a.dir.display(), b.dir.display());
+    }
+    let universe = Universe::new(&a.records);
+    let (pa, _) = Prepared::new(a, &universe)?;
+    let (pb, _) = Prepared::new(b, &universe)?;
+    let mut replicates = Vec::with_capacity(opts.bootstrap);
+    universe.resamples(opts.bootstrap, opts.seed, |d| replicates.push((pa.values(d), pb.values(d))));
+    let whole = universe.whole();
+    Ok((pa.values(&whole), pb.values(&whole), replicates))
 }
 
 /// One probe set's decisions, in its dataset's label space.
@@ -211,16 +208,17 @@ struct Decisions {
     label: Vec<u16>,
     prediction: Vec<u16>,
     cue: Vec<Option<u16>>,
+    at: Positions,
 }
 
 impl Decisions {
     /// Where the run kept the model's full vectors, the host decides again
     /// from them with the same mapping code the device used.
-    fn of(run: &Records, set: ProbeSet) -> Decisions {
+    fn of(run: &Records, set: ProbeSet, universe: &Universe) -> Decisions {
         let decision = run.header.mapping.decision(set);
         let k = run.header.num_classes as usize;
         let mut scores = Vec::new();
-        let mut d = Decisions { label: vec![], prediction: vec![], cue: vec![] };
+        let mut d = Decisions { label: vec![], prediction: vec![], cue: vec![], at: universe.positions(set) };
         for r in run.records_of(set) {
             let prediction = match &r.probs {
                 Some(p) if p.len() == k => decision.decide(p, r.label, &mut scores).prediction,
@@ -237,225 +235,309 @@ impl Decisions {
         self.label.len()
     }
 
-    fn accuracy(&self, ix: &[usize]) -> f64 {
-        ix.iter().filter(|&&i| self.label[i] == self.prediction[i]).count() as f64 / ix.len() as f64
+    fn correct(&self, i: usize) -> bool {
+        self.label[i] == self.prediction[i]
     }
 
-    fn all(&self) -> Vec<usize> {
-        (0..self.len()).collect()
+    /// Over the drawn images this set holds; NaN when it holds none of them.
+    fn accuracy(&self, draw: &Draw) -> f64 {
+        let (mut n, mut hits) = (0u32, 0u32);
+        for (i, c) in self.at.counted(draw) {
+            n += c;
+            hits += c * self.correct(i) as u32;
+        }
+        hits as f64 / n as f64
     }
 }
 
-/// Adversarial robustness (docs/protocol.md, dimension 2): gmean of the PGD and
-/// FGSM accuracies, each divided by the clean accuracy on the same images
-/// (paired: the interval resamples images, not attacks, independently).
-fn adversarial_dimension(run: &Records, opts: &EvalOptions, res: &mut ModelResult) {
-    use std::collections::HashMap;
-    let correct = |set: ProbeSet| -> HashMap<u32, bool> {
-        run.records_of(set).map(|r| (r.sample, r.prediction == r.label)).collect()
-    };
-    let clean = correct(ProbeSet::Clean);
-    let fgsm = correct(ProbeSet::Adversarial(crate::protocol::Attack::Fgsm));
-    let pgd = correct(ProbeSet::Adversarial(crate::protocol::Attack::Pgd));
-    let i = Dimension::AdversarialRobustness.index();
-    if fgsm.is_empty() || pgd.is_empty() {
-        res.missing.insert(Dimension::AdversarialRobustness, "the run has no adversarial/fgsm and adversarial/pgd records".into());
-        return;
-    }
-    // (clean, fgsm, pgd) correctness of every image all three saw.
-    let mut rows: Vec<(u32, [bool; 3])> =
-        fgsm.iter().filter_map(|(id, &f)| Some((*id, [*clean.get(id)?, f, *pgd.get(id)?]))).collect();
-    rows.sort_unstable_by_key(|r| r.0);
-    if rows.is_empty() {
-        res.missing.insert(Dimension::AdversarialRobustness, "no clean records for the attacked images".into());
-        return;
-    }
-    let rates = |ix: &[usize]| -> [f64; 3] {
-        let mut c = [0usize; 3];
-        for &j in ix {
-            for k in 0..3 {
-                c[k] += rows[j].1[k] as usize;
+/// What each dimension is computed from, decided once per run; `values`
+/// then computes all nine for any resample. A dimension whose data is
+/// missing has its reason in the `ModelResult` `new` returns, and stays
+/// `None` in every resample.
+struct Prepared {
+    parameters: f64,
+    clean: Option<Clean>,
+    clean_decisions: Decisions,
+    attacks: Option<[Decisions; 2]>,
+    cells: Option<Vec<Decisions>>,
+    ood: Option<Vec<Decisions>>,
+    cue_conflict: Option<(Decisions, Vec<u16>)>,
+    mixed: Option<[Decisions; 2]>,
+}
+
+const OOD_SETS: [OodSet; 5] = [OodSet::Edge, OodSet::Silhouette, OodSet::Sketch, OodSet::Stylized, OodSet::Rendition];
+
+impl Prepared {
+    fn new(run: &Records, universe: &Universe) -> Result<(Prepared, ModelResult)> {
+        let mut res = ModelResult {
+            values: [None; 9],
+            intervals: [None; 9],
+            samples: [None; 9],
+            missing: BTreeMap::new(),
+            parts: BTreeMap::new(),
+            replicates: Vec::new(),
+        };
+        res.parts.insert("model_bytes".into(), run.header.model_bytes as f64);
+        let clean = Clean::from_run(run, universe)?;
+        match &clean {
+            None => {
+                for d in [Dimension::Accuracy, Dimension::CalibrationError, Dimension::ClassBalance] {
+                    res.missing.insert(d, "the run has no clean records".into());
+                }
+            }
+            Some(c) => {
+                // ECE and ACE once: reported parts beside their gmean.
+                let (ece, ace) = metrics::ece_and_ace(&c.probs, c.k, &c.labels);
+                res.parts.insert("ece".into(), ece);
+                res.parts.insert("ace".into(), ace);
+                for d in [Dimension::Accuracy, Dimension::CalibrationError, Dimension::ClassBalance] {
+                    res.samples[d.index()] = Some(c.labels.len());
+                }
             }
         }
-        c.map(|x| x as f64 / ix.len() as f64)
-    };
-    let stat = |ix: &[usize]| {
-        let [c, f, p] = rates(ix);
-        metrics::gmean(&[p / c, f / c])
-    };
-    let all: Vec<usize> = (0..rows.len()).collect();
-    let [c, f, p] = rates(&all);
+        let clean_decisions = Decisions::of(run, ProbeSet::Clean, universe);
+        let p = Prepared {
+            parameters: run.header.parameters as f64 / 1e6,
+            clean,
+            attacks: attacks(run, universe, &clean_decisions, &mut res),
+            cells: corruption_cells(run, universe, &clean_decisions, &mut res),
+            ood: ood_sets(run, universe, &clean_decisions, &mut res),
+            cue_conflict: cue_conflict(run, universe, &mut res),
+            mixed: mixed(run, universe, &clean_decisions, &mut res),
+            clean_decisions,
+        };
+        Ok((p, res))
+    }
+
+    /// The nine values on the images `draw` holds (NaN or ±inf where a
+    /// resample leaves a ratio undefined).
+    fn values(&self, draw: &Draw) -> Values {
+        let mut v: Values = [None; 9];
+        v[Dimension::ParametersM.index()] = Some(self.parameters);
+        if let Some(c) = &self.clean {
+            let (l, p, pb) = c.resample(draw);
+            v[Dimension::Accuracy.index()] = Some(metrics::accuracy(&l, &p));
+            v[Dimension::CalibrationError.index()] = Some(metrics::calibration_error(&pb, c.k, &l));
+            v[Dimension::ClassBalance.index()] = Some(metrics::class_balance(&pb, c.k, &l));
+        }
+        let clean = &self.clean_decisions;
+        if let Some([fgsm, pgd]) = &self.attacks {
+            // (clean, fgsm, pgd) hits over the drawn images all three saw.
+            let mut hits = [0u32; 3];
+            let mut n = 0u32;
+            for (i, c) in fgsm.at.counted(draw).filter(|&(_, c)| c > 0) {
+                let u = fgsm.at.entry(i);
+                if let (Some(k), Some(p)) = (clean.at.lookup(u), pgd.at.lookup(u)) {
+                    n += c;
+                    hits[0] += c * clean.correct(k) as u32;
+                    hits[1] += c * fgsm.correct(i) as u32;
+                    hits[2] += c * pgd.correct(p) as u32;
+                }
+            }
+            let [c, f, p] = hits.map(|h| h as f64 / n as f64);
+            v[Dimension::AdversarialRobustness.index()] = Some(metrics::gmean(&[p / c, f / c]));
+        }
+        if let Some(cells) = &self.cells {
+            let sum: f64 = cells.iter().map(|d| d.accuracy(draw)).sum();
+            v[Dimension::CorruptionRobustness.index()] = Some(sum / cells.len() as f64 / clean.accuracy(draw));
+        }
+        if let Some(sets) = &self.ood {
+            let base = clean.accuracy(draw);
+            v[Dimension::OodRobustness.index()] = Some(metrics::gmean(&sets.iter().map(|d| d.accuracy(draw) / base).collect::<Vec<_>>()));
+        }
+        if let Some((cc, texture)) = &self.cue_conflict {
+            let ix: Vec<usize> = cc.at.drawn(draw).collect();
+            let (bias, ..) = shape_bias_of(cc, texture, &ix);
+            v[Dimension::ShapeBias.index()] = Some(bias);
+        }
+        if let Some([same, rand]) = &self.mixed {
+            v[Dimension::ObjectFocus.index()] = Some(1.0 - (same.accuracy(draw) - rand.accuracy(draw)) / clean.accuracy(draw));
+        }
+        v
+    }
+
+    /// Why a point value is not a number: almost always a clean accuracy of
+    /// 0, which the relative dimensions divide by.
+    fn why_not_finite(&self, d: Dimension, v: f64) -> String {
+        let relative = matches!(
+            d,
+            Dimension::CorruptionRobustness | Dimension::OodRobustness | Dimension::ObjectFocus | Dimension::AdversarialRobustness
+        );
+        let clean = &self.clean_decisions;
+        if relative && clean.len() > 0 && (0..clean.len()).all(|i| !clean.correct(i)) {
+            format!(
+                "the model classifies none of the {} clean images correctly, and {d} is relative to clean accuracy",
+                clean.len()
+            )
+        } else {
+            format!("{d} is not a finite number ({v})")
+        }
+    }
+}
+
+fn shape_bias_of(cc: &Decisions, texture: &[u16], ix: &[usize]) -> (f64, usize, usize, usize) {
+    let pick = |v: &[u16]| ix.iter().map(|&j| v[j]).collect::<Vec<_>>();
+    metrics::shape_bias(&pick(&cc.label), &pick(texture), &pick(&cc.prediction))
+}
+
+/// Adversarial robustness (docs/protocol.md, dimension 2): gmean of the PGD and
+/// FGSM accuracies, each divided by the clean accuracy on the same images.
+fn attacks(run: &Records, universe: &Universe, clean: &Decisions, res: &mut ModelResult) -> Option<[Decisions; 2]> {
+    let fgsm = Decisions::of(run, ProbeSet::Adversarial(Attack::Fgsm), universe);
+    let pgd = Decisions::of(run, ProbeSet::Adversarial(Attack::Pgd), universe);
+    if fgsm.len() == 0 || pgd.len() == 0 {
+        res.missing.insert(Dimension::AdversarialRobustness, "the run has no adversarial/fgsm and adversarial/pgd records".into());
+        return None;
+    }
+    let mut hits = [0usize; 3];
+    let mut n = 0usize;
+    for i in 0..clean.len() {
+        let u = clean.at.entry(i);
+        if let (Some(f), Some(p)) = (fgsm.at.lookup(u), pgd.at.lookup(u)) {
+            n += 1;
+            hits[0] += clean.correct(i) as usize;
+            hits[1] += fgsm.correct(f) as usize;
+            hits[2] += pgd.correct(p) as usize;
+        }
+    }
+    if n == 0 {
+        res.missing.insert(Dimension::AdversarialRobustness, "no clean records for the attacked images".into());
+        return None;
+    }
+    let [c, f, p] = hits.map(|h| h as f64 / n as f64);
     res.parts.insert("adversarial_clean_accuracy".into(), c);
     res.parts.insert("fgsm_accuracy".into(), f);
     res.parts.insert("pgd_accuracy".into(), p);
     if c == 0.0 {
         res.missing.insert(Dimension::AdversarialRobustness, "the model classifies none of the attacked images correctly when clean".into());
-        return;
+        return None;
     }
     res.parts.insert("fgsm_relative".into(), f / c);
     res.parts.insert("pgd_relative".into(), p / c);
-    res.values[i] = Some(stat(&all));
-    res.samples[i] = Some(rows.len());
-    if opts.bootstrap > 0 {
-        res.intervals[i] = Some(metrics::bootstrap_ci(rows.len(), opts.bootstrap, opts.seed ^ 15, stat));
-    }
+    res.samples[Dimension::AdversarialRobustness.index()] = Some(n);
+    Some([fgsm, pgd])
 }
 
 /// Corruption robustness (docs/protocol.md, dimension 3): for each corruption the
 /// mean over severities of accuracy / clean accuracy, then the mean over the
 /// 15 corruptions. Every cell's accuracy and relative accuracy are kept.
-fn corruption_dimension(run: &Records, opts: &EvalOptions, res: &mut ModelResult) {
-    let clean = Decisions::of(run, ProbeSet::Clean);
-    let mut cells: Vec<Vec<Decisions>> = Vec::new();
+fn corruption_cells(run: &Records, universe: &Universe, clean: &Decisions, res: &mut ModelResult) -> Option<Vec<Decisions>> {
+    let whole = universe.whole();
+    let clean_acc = clean.accuracy(&whole);
+    let mut cells = Vec::new();
     let mut absent = Vec::new();
     for (ci, name) in CORRUPTIONS.iter().enumerate() {
-        let mut row = Vec::new();
+        let mut row_sum = 0.0;
         for sev in 1..=5u8 {
-            let d = Decisions::of(run, ProbeSet::Corruption { corruption: ci as u8, severity: sev });
+            let d = Decisions::of(run, ProbeSet::Corruption { corruption: ci as u8, severity: sev }, universe);
             if d.len() == 0 {
                 absent.push(format!("{name}/{sev}"));
             } else {
-                let acc = d.accuracy(&d.all());
+                let acc = d.accuracy(&whole);
+                row_sum += acc;
                 res.parts.insert(format!("corruption_{name}_{sev}_accuracy"), acc);
                 if clean.len() > 0 {
-                    res.parts.insert(format!("corruption_{name}_{sev}_relative"), acc / clean.accuracy(&clean.all()));
+                    res.parts.insert(format!("corruption_{name}_{sev}_relative"), acc / clean_acc);
                 }
             }
-            row.push(d);
+            cells.push(d);
         }
-        if clean.len() > 0 && row.iter().all(|d| d.len() > 0) {
-            let rel = row.iter().map(|d| d.accuracy(&d.all())).sum::<f64>() / 5.0 / clean.accuracy(&clean.all());
-            res.parts.insert(format!("corruption_{name}_relative"), rel);
+        if clean.len() > 0 && cells[cells.len() - 5..].iter().all(|d| d.len() > 0) {
+            res.parts.insert(format!("corruption_{name}_relative"), row_sum / 5.0 / clean_acc);
         }
-        cells.push(row);
     }
-    let i = Dimension::CorruptionRobustness.index();
-    if absent.len() == 75 {
-        res.missing.insert(Dimension::CorruptionRobustness, "the run has no corruption/* records".into());
-        return;
-    }
-    if clean.len() == 0 {
-        res.missing.insert(Dimension::CorruptionRobustness, "no clean records: relative accuracy needs the clean accuracy".into());
-        return;
-    }
-    if !absent.is_empty() {
+    let why = if absent.len() == 75 {
+        "the run has no corruption/* records".to_string()
+    } else if clean.len() == 0 {
+        "no clean records: relative accuracy needs the clean accuracy".to_string()
+    } else if !absent.is_empty() {
         let shown: Vec<&str> = absent.iter().take(6).map(String::as_str).collect();
-        res.missing.insert(
-            Dimension::CorruptionRobustness,
-            format!("{} of the 75 corruption cells were not run (e.g. {})", absent.len(), shown.join(", ")),
-        );
-        return;
-    }
-    let mut sets: Vec<&Decisions> = vec![&clean];
-    sets.extend(cells.iter().flatten());
-    let stat = |ix: &[Vec<usize>]| {
-        let base = clean.accuracy(&ix[0]);
-        let mut sum = 0.0;
-        for (d, ix) in cells.iter().flatten().zip(&ix[1..]) {
-            sum += d.accuracy(ix);
-        }
-        sum / 75.0 / base
+        format!("{} of the 75 corruption cells were not run (e.g. {})", absent.len(), shown.join(", "))
+    } else {
+        res.samples[Dimension::CorruptionRobustness.index()] = Some(cells.iter().map(Decisions::len).sum());
+        return Some(cells);
     };
-    let all: Vec<Vec<usize>> = sets.iter().map(|d| d.all()).collect();
-    res.values[i] = Some(stat(&all));
-    res.samples[i] = Some(cells.iter().flatten().map(Decisions::len).sum());
-    if opts.bootstrap > 0 {
-        let sizes: Vec<usize> = sets.iter().map(|d| d.len()).collect();
-        res.intervals[i] = Some(metrics::bootstrap_ci_sets(&sizes, opts.bootstrap, opts.seed ^ 14, stat));
-    }
+    res.missing.insert(Dimension::CorruptionRobustness, why);
+    None
 }
 
-/// OOD robustness, shape bias and object focus: accuracies on shifted sets,
-/// relative to the clean accuracy where docs/protocol.md says so, each with its
-/// parts and a bootstrap interval over all the sets it uses.
-fn shifted_dimensions(run: &Records, opts: &EvalOptions, res: &mut ModelResult) {
-    let clean = Decisions::of(run, ProbeSet::Clean);
-    let ci = |sets: &[&Decisions], salt: u64, stat: &dyn Fn(&[Vec<usize>]) -> f64| {
-        (opts.bootstrap > 0)
-            .then(|| metrics::bootstrap_ci_sets(&sets.iter().map(|d| d.len()).collect::<Vec<_>>(), opts.bootstrap, opts.seed ^ salt, stat))
-    };
-
-    // OOD robustness: gmean of the five relative accuracies.
-    let ood_sets = [OodSet::Edge, OodSet::Silhouette, OodSet::Sketch, OodSet::Stylized, OodSet::Rendition];
-    let ood: Vec<(OodSet, Decisions)> = ood_sets.iter().map(|&s| (s, Decisions::of(run, ProbeSet::Ood(s)))).collect();
-    let absent: Vec<String> = ood.iter().filter(|(_, d)| d.len() == 0).map(|(s, _)| ProbeSet::Ood(*s).name()).collect();
-    for (s, d) in ood.iter().filter(|(_, d)| d.len() > 0) {
+/// OOD robustness: gmean of the five accuracies relative to clean accuracy.
+fn ood_sets(run: &Records, universe: &Universe, clean: &Decisions, res: &mut ModelResult) -> Option<Vec<Decisions>> {
+    let whole = universe.whole();
+    let sets: Vec<(OodSet, Decisions)> = OOD_SETS.iter().map(|&s| (s, Decisions::of(run, ProbeSet::Ood(s), universe))).collect();
+    let absent: Vec<String> = sets.iter().filter(|(_, d)| d.len() == 0).map(|(s, _)| ProbeSet::Ood(*s).name()).collect();
+    for (s, d) in sets.iter().filter(|(_, d)| d.len() > 0) {
         let name = ProbeSet::Ood(*s).name().replace('/', "_");
-        res.parts.insert(format!("{name}_accuracy"), d.accuracy(&d.all()));
+        res.parts.insert(format!("{name}_accuracy"), d.accuracy(&whole));
         if clean.len() > 0 {
-            res.parts.insert(format!("{name}_relative"), d.accuracy(&d.all()) / clean.accuracy(&clean.all()));
+            res.parts.insert(format!("{name}_relative"), d.accuracy(&whole) / clean.accuracy(&whole));
         }
     }
-    let i = Dimension::OodRobustness.index();
-    if clean.len() == 0 {
-        res.missing.insert(Dimension::OodRobustness, "no clean records: relative accuracy needs the clean accuracy".into());
+    let why = if clean.len() == 0 {
+        "no clean records: relative accuracy needs the clean accuracy".to_string()
     } else if !absent.is_empty() {
-        res.missing.insert(Dimension::OodRobustness, format!("the run has no {} records", absent.join(", ")));
+        format!("the run has no {} records", absent.join(", "))
     } else {
-        let mut sets: Vec<&Decisions> = vec![&clean];
-        sets.extend(ood.iter().map(|(_, d)| d));
-        let stat = |ix: &[Vec<usize>]| {
-            let base = clean.accuracy(&ix[0]);
-            metrics::gmean(&ood.iter().zip(&ix[1..]).map(|((_, d), ix)| d.accuracy(ix) / base).collect::<Vec<_>>())
-        };
-        let all: Vec<Vec<usize>> = sets.iter().map(|d| d.all()).collect();
-        res.values[i] = Some(stat(&all));
-        res.samples[i] = Some(ood.iter().map(|(_, d)| d.len()).sum());
-        res.intervals[i] = ci(&sets, 11, &stat);
-    }
+        res.samples[Dimension::OodRobustness.index()] = Some(sets.iter().map(|(_, d)| d.len()).sum());
+        return Some(sets.into_iter().map(|(_, d)| d).collect());
+    };
+    res.missing.insert(Dimension::OodRobustness, why);
+    None
+}
 
-    // Shape bias: shape hits / (shape + texture hits), agreeing cues dropped.
-    let cc = Decisions::of(run, ProbeSet::CueConflict);
-    let i = Dimension::ShapeBias.index();
+/// Shape bias: shape hits / (shape + texture hits), agreeing cues dropped.
+fn cue_conflict(run: &Records, universe: &Universe, res: &mut ModelResult) -> Option<(Decisions, Vec<u16>)> {
+    let cc = Decisions::of(run, ProbeSet::CueConflict, universe);
+    let d = Dimension::ShapeBias;
     if cc.len() == 0 {
-        res.missing.insert(Dimension::ShapeBias, "the run has no cue_conflict records".into());
-    } else if cc.cue.iter().any(Option::is_none) {
-        res.missing.insert(Dimension::ShapeBias, "cue_conflict records without a texture category".into());
-    } else {
-        let texture: Vec<u16> = cc.cue.iter().map(|c| c.unwrap_or_default()).collect();
-        let bias_of = |ix: &[usize]| {
-            let pick = |v: &[u16]| ix.iter().map(|&j| v[j]).collect::<Vec<_>>();
-            metrics::shape_bias(&pick(&cc.label), &pick(&texture), &pick(&cc.prediction))
-        };
-        let (bias, s, t, kept) = bias_of(&cc.all());
-        res.parts.insert("shape_hits_fraction".into(), s as f64 / kept.max(1) as f64);
-        res.parts.insert("texture_hits_fraction".into(), t as f64 / kept.max(1) as f64);
-        res.parts.insert("cue_conflict_kept".into(), kept as f64);
-        if bias.is_nan() {
-            res.missing.insert(Dimension::ShapeBias, format!("none of {kept} cue-conflict decisions matched the shape or the texture"));
-        } else {
-            res.values[i] = Some(bias);
-            res.samples[i] = Some(kept);
-            res.intervals[i] = ci(&[&cc], 12, &|ix: &[Vec<usize>]| bias_of(&ix[0]).0);
-        }
+        res.missing.insert(d, "the run has no cue_conflict records".into());
+        return None;
     }
+    if cc.cue.iter().any(Option::is_none) {
+        res.missing.insert(d, "cue_conflict records without a texture category".into());
+        return None;
+    }
+    let texture: Vec<u16> = cc.cue.iter().map(|c| c.unwrap_or_default()).collect();
+    let (bias, s, t, kept) = shape_bias_of(&cc, &texture, &(0..cc.len()).collect::<Vec<_>>());
+    res.parts.insert("shape_hits_fraction".into(), s as f64 / kept.max(1) as f64);
+    res.parts.insert("texture_hits_fraction".into(), t as f64 / kept.max(1) as f64);
+    res.parts.insert("cue_conflict_kept".into(), kept as f64);
+    if bias.is_nan() {
+        res.missing.insert(d, format!("none of {kept} cue-conflict decisions matched the shape or the texture"));
+        return None;
+    }
+    res.samples[d.index()] = Some(kept);
+    Some((cc, texture))
+}
 
-    // Object focus: 1 − (acc_same − acc_rand) / clean accuracy.
-    let same = Decisions::of(run, ProbeSet::MixedSame);
-    let rand = Decisions::of(run, ProbeSet::MixedRand);
+/// Object focus: 1 − (acc_same − acc_rand) / clean accuracy.
+fn mixed(run: &Records, universe: &Universe, clean: &Decisions, res: &mut ModelResult) -> Option<[Decisions; 2]> {
+    let whole = universe.whole();
+    let same = Decisions::of(run, ProbeSet::MixedSame, universe);
+    let rand = Decisions::of(run, ProbeSet::MixedRand, universe);
     for (name, d) in [("mixed_same_accuracy", &same), ("mixed_rand_accuracy", &rand)] {
         if d.len() > 0 {
-            res.parts.insert(name.into(), d.accuracy(&d.all()));
+            res.parts.insert(name.into(), d.accuracy(&whole));
         }
     }
-    let i = Dimension::ObjectFocus.index();
+    let d = Dimension::ObjectFocus;
     if same.len() == 0 || rand.len() == 0 {
-        res.missing.insert(Dimension::ObjectFocus, "the run has no mixed_same and mixed_rand records".into());
-    } else if clean.len() == 0 {
-        res.missing.insert(Dimension::ObjectFocus, "no clean records: object focus is relative to the clean accuracy".into());
-    } else {
-        let stat = |ix: &[Vec<usize>]| 1.0 - (same.accuracy(&ix[1]) - rand.accuracy(&ix[2])) / clean.accuracy(&ix[0]);
-        let all = [clean.all(), same.all(), rand.all()];
-        res.values[i] = Some(stat(&all));
-        res.samples[i] = Some(same.len() + rand.len());
-        res.intervals[i] = ci(&[&clean, &same, &rand], 13, &stat);
+        res.missing.insert(d, "the run has no mixed_same and mixed_rand records".into());
+        return None;
     }
+    if clean.len() == 0 {
+        res.missing.insert(d, "no clean records: object focus is relative to the clean accuracy".into());
+        return None;
+    }
+    res.samples[d.index()] = Some(same.len() + rand.len());
+    Some([same, rand])
 }
 
 /// The reliability diagram of a run's clean set: the equal-width bins whose
 /// gaps make up its ECE. `None` when the run has no clean records.
 pub fn reliability(run: &Run) -> Result<Option<Vec<metrics::ReliabilityBin>>> {
-    Ok(Clean::from_run(&run.all_records())?.map(|c| {
+    let records = run.all_records();
+    Ok(Clean::from_run(&records, &Universe::new(&records.records))?.map(|c| {
         let (conf, correct) = metrics::top1(&c.probs, c.k, &c.labels);
         metrics::reliability_bins(&conf, &correct, metrics::ECE_BINS)
     }))
@@ -474,7 +556,8 @@ pub struct CueCategory {
 /// Shape and texture hits per shape category of the cue-conflict set, in
 /// category order; empty when the run has no cue-conflict records with cues.
 pub fn cue_conflict_by_category(run: &Run) -> Vec<CueCategory> {
-    let cc = Decisions::of(&run.all_records(), ProbeSet::CueConflict);
+    let records = run.all_records();
+    let cc = Decisions::of(&records, ProbeSet::CueConflict, &Universe::new(&records.records));
     if cc.len() == 0 || cc.cue.iter().any(Option::is_none) {
         return vec![];
     }
@@ -487,8 +570,7 @@ pub fn cue_conflict_by_category(run: &Run) -> Vec<CueCategory> {
         .into_iter()
         .map(|l| {
             let ix: Vec<usize> = (0..cc.len()).filter(|&j| cc.label[j] == l).collect();
-            let pick = |v: &[u16]| ix.iter().map(|&j| v[j]).collect::<Vec<_>>();
-            let (_, shape_hits, texture_hits, kept) = metrics::shape_bias(&pick(&cc.label), &pick(&texture), &pick(&cc.prediction));
+            let (_, shape_hits, texture_hits, kept) = shape_bias_of(&cc, &texture, &ix);
             let category = names.get(l as usize).cloned().unwrap_or_else(|| format!("class {l}"));
             CueCategory { category, shape_hits, texture_hits, kept }
         })
@@ -529,7 +611,13 @@ pub fn build(dirs: &[PathBuf], norm: Option<Normalisation>, weights: Weights, op
     let results = on_all_cores(&runs, |r| evaluate(r, opts))?;
     let normalisation = norm.unwrap_or_else(|| default_normalisation(&runs));
     let values: Vec<Values> = results.iter().map(|r| r.values).collect();
-    let scored = quba::score(&values, normalisation, &weights);
+    let mut scored = quba::score(&values, normalisation, &weights);
+    let stats = quba::normalisers(&values, normalisation);
+    for (sc, res) in scored.iter_mut().zip(&results) {
+        if sc.quba.is_some() {
+            sc.interval = quba::quba_interval(&res.replicates, &stats, &weights);
+        }
+    }
     Ok(Report { runs, results, normalisation, weights, scored })
 }
 
@@ -599,6 +687,7 @@ impl Report {
                     "intervals": intervals,
                     "samples": samples,
                     "quba": opt(sc.quba),
+                    "quba_interval": sc.interval.map(|(lo, hi)| json!([lo, hi])).unwrap_or(Value::Null),
                     "quba_reason": sc.reason,
                     "normalised": normalised,
                     "missing": missing,

@@ -10,6 +10,8 @@
 
 #[cfg(test)]
 mod doc_order;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 mod frame;
 mod message;
 mod run_dir;

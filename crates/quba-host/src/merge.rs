@@ -178,6 +178,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path, opts: &MergeOptions) -> Result<Merged
         records: records.len() as u64,
         failures: failures.len() as u64,
         decode: runs.iter().fold(DecodeStats::default(), |acc, r| add(acc, &r.decode)),
+        lost: Vec::new(),
         host_tool_version: env!("CARGO_PKG_VERSION").into(),
         merged: Some(info.clone()),
         launch: None,

@@ -128,11 +128,11 @@ fn write_stream(path: &str, n: u32) {
     };
     let mut enc = FrameEncoder::new();
     let mut out = BufWriter::new(File::create(path).unwrap_or_else(|e| panic!("{path}: {e}")));
-    out.write_all(enc.encode(&Message::Header(header)).unwrap()).unwrap();
+    out.write_all(enc.encode(&Message::Header(header.clone())).unwrap()).unwrap();
     for i in 0..n {
         out.write_all(enc.encode(&Message::Record(record(i, 1000, false))).unwrap()).unwrap();
     }
-    let end = End { records: n, failures: 0, model_load_ms: 0, elapsed_ms: 0, peak_rss_kb: 0, stages: Default::default() };
+    let end = End { records: n, failures: 0, model_load_ms: 0, elapsed_ms: 0, peak_rss_kb: 0, stages: Default::default(), header: Box::new(header) };
     out.write_all(enc.encode(&Message::End(end)).unwrap()).unwrap();
     out.flush().unwrap();
 }

@@ -76,7 +76,9 @@ pub fn resume(l: &Launcher, dir: &Path, mut run: RunArgs, progress: &Progress) -
         eprintln!("{} is complete ({} records); nothing to resume", dir.display(), m.records);
         return Ok(dir.to_path_buf());
     }
-    // Without a header nothing was recorded: the run starts over, under a new id.
+    // Without a header (none sent, or lost with no End to repeat it) the
+    // run's id is unknown: it continues under a new one, the records kept
+    // still skipped.
     run.run_id = m.header.as_ref().map(|h| h.run_id.clone());
     run.resume_from = Some("-".into());
     eprintln!("resuming {}: {} records and {} failures kept", dir.display(), m.records, m.failures);

@@ -86,7 +86,10 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
     // Read before the header goes out: a bad list must not restart the stream.
     let done = Done::load(args.resume_from.as_deref())?;
     let mut enc = FrameEncoder::new();
-    out.write_all(enc.encode(&Message::Header(header))?)?;
+    FrameEncoder::new()
+        .encode(&Message::End(End::widest(header.clone())))
+        .context("the run header is too long to be repeated in the End frame (docs/wire-format.md, End)")?;
+    out.write_all(enc.encode(&Message::Header(header.clone()))?)?;
     out.flush()?;
 
     let mut counts = Counts::default();
@@ -121,6 +124,7 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
         elapsed_ms: started.elapsed().as_millis() as u64,
         peak_rss_kb: peak_rss_kb(),
         stages: stages.0,
+        header: Box::new(header),
     };
     out.write_all(enc.encode(&Message::End(end.clone()))?)?;
     out.flush()?;

@@ -269,6 +269,71 @@ fn flipped_bytes_lose_only_damaged_frames() {
     let _ = std::fs::remove_dir_all(&t);
 }
 
+/// `quba ingest` on a real stream with one bit flipped in the header frame,
+/// in the End frame, and in the header with the stream cut before the End.
+#[test]
+fn one_damaged_frame_never_costs_the_run() {
+    let t = tmp!("one-frame");
+    let log = t.join("stream.bin");
+    ok(&mut device("tiny-cnn.fp32.onnx", &["--per-class", "1", "--out", log.to_str().unwrap()]));
+    let clean = std::fs::read(&log).unwrap();
+    // Where each frame ends (after its delimiter): the header is the first, the End the last.
+    let ends: Vec<usize> = clean.iter().enumerate().filter(|&(_, &b)| b == 0).map(|(i, _)| i + 1).collect();
+    let (header_len, end_from) = (ends[0], ends[ends.len() - 2]);
+    // One bit in the middle of a frame, never turned into a delimiter.
+    let flip = |bytes: &mut Vec<u8>, at: usize| bytes[at] ^= if bytes[at] == 1 { 2 } else { 1 };
+    let ingest = |name: &str, bytes: &[u8]| {
+        let file = t.join(format!("{name}.bin"));
+        std::fs::write(&file, bytes).unwrap();
+        let dir = t.join(name);
+        let out = run(Command::new(QUBA).args(["ingest", "--run-dir"]).arg(&dir).stdin(std::fs::File::open(&file).unwrap()));
+        (out, dir)
+    };
+    let (out, whole) = ingest("whole", &clean);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let header = manifest(&whole)["header"].clone();
+    assert_eq!(header["model_name"], "tiny-cnn", "{header}");
+
+    // The header's frame lost: the End's copy stands in, and nothing else is missing.
+    let mut bytes = clean.clone();
+    flip(&mut bytes, header_len / 2);
+    let (out, dir) = ingest("header", &bytes);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = manifest(&dir);
+    assert_eq!((&m["status"], &m["header"], &m["records"], &m["decode"]["corrupt_frames"]), (&"complete".into(), &header, &10.into(), &1.into()), "{m}");
+    let res = report_json(&[&dir], &[]);
+    assert_eq!(res["models"][0]["samples"]["accuracy"], 10);
+    assert!(res["models"][0]["run"]["end"]["stages"].is_array(), "{res}");
+
+    // The End's frame lost: every record kept, the run marked as without the device's account.
+    let mut bytes = clean.clone();
+    flip(&mut bytes, (end_from + clean.len()) / 2);
+    let (out, dir) = ingest("end", &bytes);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("from stream byte {end_from}, where the End frame belonged")) && err.contains("timings"), "{err}");
+    let m = manifest(&dir);
+    assert_eq!((&m["status"], &m["header"], &m["records"]), (&"interrupted".into(), &header, &10.into()), "{m}");
+    assert_eq!(m["lost"], serde_json::json!([{"frame": "end", "bytes": [end_from, clean.len()]}]), "{m}");
+    let res = report_json(&[&dir], &[]);
+    assert_eq!((&res["models"][0]["samples"]["accuracy"], &res["models"][0]["run"]["end"]), (&10.into(), &Value::Null), "{res}");
+
+    // Both: the header's frame lost and the stream cut before the End.
+    let mut bytes = clean[..end_from].to_vec();
+    flip(&mut bytes, header_len / 2);
+    let (out, dir) = ingest("both", &bytes);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a run without its header is no success: {err}");
+    for says in ["no valid run header", &format!("the {header_len} bytes from stream byte 0, where the Header frame belonged"), "model, dataset", "10 records", "records.qlog"] {
+        assert!(err.contains(says), "{err:?} does not say {says:?}");
+    }
+    let m = manifest(&dir);
+    assert_eq!((&m["status"], &m["header"], &m["records"]), (&"no_header".into(), &Value::Null, &10.into()), "{m}");
+    let err = fails(Command::new(QUBA).arg("report").arg(&dir));
+    assert!(err.contains("records.qlog") && err.contains("no run header") && err.contains("from stream byte 0"), "{err}");
+    let _ = std::fs::remove_dir_all(&t);
+}
+
 #[test]
 fn killed_device_loses_nothing_already_received() {
     let t = tmp!("kill");

@@ -41,6 +41,12 @@ fn main() {
                     h.run_id = format!("{}-{i:03}", h.run_id);
                     header = Some(h.clone());
                 }
+                // Its copy of the header names the same model.
+                Message::End(e) => {
+                    if let Some(h) = &header {
+                        *e.header = h.clone();
+                    }
+                }
                 Message::Record(r) => {
                     // A fixed pseudo-random share of the records become errors.
                     let draw = (r.sample.wrapping_mul(2_654_435_761) ^ i.wrapping_mul(40_503)) % 100;

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::protocol::{decode_all, DecodeStats, FrameDecoder, Header, Message, Resume};
+use crate::protocol::{decode_all, header_of, DecodeStats, FrameDecoder, Header, Message, Resume};
 pub use quba_common::Keys;
 
 pub const LOG_FILE: &str = "records.qlog";
 pub const MANIFEST_FILE: &str = "manifest.json";
 
-pub use crate::protocol::{Launch, Manifest, MergeInfo, RunStatus};
+pub use crate::protocol::{Launch, Lost, LostFrame, Manifest, MergeInfo, RunStatus};
 
 /// `manifest.json` on disk.
 pub trait ManifestFile: Sized {
@@ -83,6 +83,7 @@ impl RunLog {
             records: 0,
             failures: 0,
             decode: DecodeStats::default(),
+            lost: Vec::new(),
             host_tool_version: env!("CARGO_PKG_VERSION").into(),
             merged: None,
             launch,
@@ -111,10 +112,12 @@ impl RunLog {
         }
         let (frames, _) = decode_all(&bytes[..whole]);
         let mut run = RunLog { dir: dir.to_path_buf(), log, manifest, records: Keys::default(), failures: Keys::default() };
+        if run.manifest.header.is_none() {
+            run.manifest.header = header_of(&frames).cloned();
+        }
         let mut ended = false;
         for f in &frames {
             match &f.message {
-                Message::Header(h) if run.manifest.header.is_none() => run.manifest.header = Some(h.clone()),
                 Message::Record(r) => {
                     run.records.insert((r.set, r.sample));
                 }
@@ -127,7 +130,7 @@ impl RunLog {
         }
         run.manifest.records = run.records.len() as u64;
         run.manifest.failures = run.failures.len() as u64;
-        run.manifest.status = if ended { RunStatus::Complete } else { RunStatus::Interrupted };
+        run.manifest.status = RunStatus::received(run.manifest.header.as_ref(), ended);
         run.manifest.write(dir)?;
         Ok(run)
     }
@@ -163,6 +166,15 @@ fn header_diff(a: &Header, b: &Header) -> String {
     a.iter().filter(|(k, v)| b.get(*k) != Some(v)).map(|(k, v)| format!("{k}: {v} → {}", b.get(k).unwrap_or(&serde_json::Value::Null))).collect::<Vec<_>>().join(", ")
 }
 
+/// Refuses a session whose header (its own frame's, or the End's copy) is
+/// not the run's being resumed.
+fn check_resumed(resumed: Option<&Header>, h: &Header, source: &str, dir: &Path) -> Result<()> {
+    match resumed.filter(|old| comparable(old) != comparable(h)) {
+        Some(old) => bail!("{source}: the device's run is not the one being resumed in {} (header differs in {})", dir.display(), header_diff(old, h)),
+        None => Ok(()),
+    }
+}
+
 /// Receives one device stream into `run`, showing every accepted message to
 /// `observe` (progress display).
 pub fn ingest_observed(mut input: impl Read, mut run: RunLog, token: Option<&str>, observe: &mut dyn FnMut(&Message)) -> Result<Manifest> {
@@ -174,7 +186,12 @@ pub fn ingest_observed(mut input: impl Read, mut run: RunLog, token: Option<&str
     let mut buf = vec![0u8; 64 * 1024];
     let mut authenticated = token.is_none();
     let mut ended = false;
-    let mut got_header = false;
+    // This session's header: its own frame's, or the End's copy where that was lost.
+    let mut header: Option<Header> = None;
+    // Stream offsets: where the run's frames begin (after a Hello), where
+    // the first of them that decoded begins, where the last decoded frame
+    // ends, and how much was read. A lost frame's bytes are a gap between them.
+    let (mut data_start, mut first_data, mut last_end, mut read) = (0u64, None::<u64>, 0u64, 0u64);
     let mut error: Option<anyhow::Error> = None;
     let mut last_sync = Instant::now();
     // The accepted frames of one read, appended to the log in one write.
@@ -189,17 +206,20 @@ pub fn ingest_observed(mut input: impl Read, mut run: RunLog, token: Option<&str
                 break;
             }
         };
+        read += n as u64;
         accepted.clear();
-        let mut new_header = None;
+        let mut new_header = false;
         dec.push(&buf[..n], |frame, bytes| {
             if error.is_some() {
                 return;
             }
+            let frame_end = frame.offset + bytes.len() as u64;
             match &frame.message {
                 Message::Hello { token: t } => {
                     if Some(t.as_str()) == token {
                         authenticated = true;
                     }
+                    (data_start, last_end) = (frame_end, frame_end);
                     return;
                 }
                 _ if !authenticated => {
@@ -207,20 +227,16 @@ pub fn ingest_observed(mut input: impl Read, mut run: RunLog, token: Option<&str
                     return;
                 }
                 Message::Header(h) => {
-                    if got_header {
+                    if header.is_some() {
                         error = Some(anyhow::anyhow!("{source}: a second run header arrived in the same stream; one stream carries one run"));
                         return;
                     }
-                    if let Some(old) = resumed_header.as_ref().filter(|old| comparable(old) != comparable(h)) {
-                        error = Some(anyhow::anyhow!(
-                            "{source}: the device's run is not the one being resumed in {} (header differs in {})",
-                            dir.display(),
-                            header_diff(old, h)
-                        ));
+                    if let Err(e) = check_resumed(resumed_header.as_ref(), h, &source, &dir) {
+                        error = Some(e);
                         return;
                     }
-                    got_header = true;
-                    new_header = Some(h.clone());
+                    header = Some(h.clone());
+                    new_header = true;
                 }
                 // Kept in the log (it is what arrived), counted once.
                 Message::Record(r) => {
@@ -233,8 +249,32 @@ pub fn ingest_observed(mut input: impl Read, mut run: RunLog, token: Option<&str
                         run.manifest.failures += 1;
                     }
                 }
-                Message::End(_) => ended = true,
+                Message::End(end) => {
+                    match &header {
+                        Some(h) if comparable(h) != comparable(&end.header) => {
+                            error = Some(anyhow::anyhow!(
+                                "{source}: the End frame at stream byte {} repeats another run header than the Header frame did (differs in {})",
+                                frame.offset,
+                                header_diff(h, &end.header)
+                            ));
+                            return;
+                        }
+                        Some(_) => {}
+                        // The Header frame was lost; its copy stands in.
+                        None => {
+                            if let Err(e) = check_resumed(resumed_header.as_ref(), &end.header, &source, &dir) {
+                                error = Some(e);
+                                return;
+                            }
+                            header = Some((*end.header).clone());
+                            new_header = true;
+                        }
+                    }
+                    ended = true;
+                }
             }
+            first_data.get_or_insert(frame.offset);
+            last_end = frame_end;
             observe(&frame.message);
             accepted.extend_from_slice(bytes);
         });
@@ -246,8 +286,8 @@ pub fn ingest_observed(mut input: impl Read, mut run: RunLog, token: Option<&str
                 last_sync = Instant::now();
             }
         }
-        if let Some(h) = new_header {
-            run.manifest.header = Some(h);
+        if new_header {
+            run.manifest.header.clone_from(&header);
             run.manifest.write(&dir)?;
         }
         if error.is_some() {
@@ -264,16 +304,42 @@ pub fn ingest_observed(mut input: impl Read, mut run: RunLog, token: Option<&str
     m.decode.bytes_lost += decode.bytes_lost;
     m.decode.missing_frames += decode.missing_frames;
     m.decode.truncated_tail |= decode.truncated_tail;
-    m.status = if ended { RunStatus::Complete } else { RunStatus::Interrupted };
+    m.status = RunStatus::received(m.header.as_ref(), ended);
+    if error.is_none() {
+        // This session's account replaces the last one's: a header that
+        // arrived now makes an earlier loss of it moot.
+        m.lost.clear();
+        let before_first = first_data.unwrap_or(read);
+        if m.header.is_none() && before_first > data_start {
+            m.lost.push(Lost { frame: LostFrame::Header, bytes: [data_start, before_first] });
+        }
+        // Bytes after the last good frame that end on a delimiter held a
+        // whole frame that did not decode, where the End belonged; a stream
+        // cut mid-frame ends without one (the device stopped, nothing was
+        // damaged).
+        if !ended && first_data.is_some() && read > last_end && !decode.truncated_tail {
+            m.lost.push(Lost { frame: LostFrame::End, bytes: [last_end, read] });
+        }
+    }
     m.write(&dir)?;
     if let Some(e) = error {
         return Err(e.context(format!("run directory {} keeps the {} records received", dir.display(), m.records)));
     }
     if m.header.is_none() {
+        let why = match (m.lost.iter().find(|l| l.frame == LostFrame::Header), first_data) {
+            (Some(lost), _) => format!("{lost}, and the stream ended before the End frame that repeats the header"),
+            (None, Some(at)) => format!("the stream's first frame (stream byte {at}) is not a Header: it began mid-run"),
+            (None, None) => "the stream ended before any frame of the run".into(),
+        };
+        let facts = LostFrame::Header.facts();
+        if m.records + m.failures == 0 {
+            bail!("{source}: no valid run header arrived: {why}; nothing was recorded in {}", dir.display());
+        }
         bail!(
-            "{source}: no valid run header arrived ({} bytes lost to damaged frames); nothing was recorded in {}",
-            m.decode.bytes_lost,
-            dir.display()
+            "{source}: no valid run header arrived: {why}; {facts} is unknown, so the {} records and {} failures kept in {} cannot be reported (manifest status no_header)",
+            m.records,
+            m.failures,
+            log_path.display()
         );
     }
     Ok(run.manifest)
@@ -290,6 +356,9 @@ pub fn summary(dir: &Path, m: &Manifest) {
         m.decode.corrupt_frames,
         m.decode.missing_frames
     );
+    for lost in &m.lost {
+        eprintln!("{}: {lost}: {} unknown", dir.display(), lost.frame.facts());
+    }
 }
 
 /// A new run directory `ROOT/NAME-MILLIS[-N]`, created, so concurrent runs
@@ -303,4 +372,154 @@ pub fn run_dir_for(root: &Path, name: &str) -> PathBuf {
         .map(|n| root.join(if n == 0 { format!("{name}-{now}") } else { format!("{name}-{now}-{n}") }))
         .find(|p| std::fs::create_dir(p).is_ok() || !root.is_dir())
         .expect("an unbounded range always yields")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::fixtures::{full_end, full_failure, full_header, full_record};
+    use crate::protocol::{FrameEncoder, ProbeSet};
+    use crate::report::Run;
+
+    /// A small whole run, frame by frame: header, six records, a failure, end.
+    fn frames() -> Vec<Vec<u8>> {
+        let mut msgs = vec![Message::Header(full_header())];
+        for sample in 0..6 {
+            let mut r = full_record();
+            r.sample = sample;
+            // Some with a vector, some top-1 only, as a stream mixes them.
+            if sample % 2 == 1 {
+                r.set = ProbeSet::Clean;
+                r.probs = None;
+            }
+            msgs.push(Message::Record(r));
+        }
+        msgs.push(Message::Failure(full_failure()));
+        let mut end = full_end();
+        (end.records, end.failures) = (6, 1);
+        msgs.push(Message::End(end));
+        let mut enc = FrameEncoder::new();
+        msgs.iter().map(|m| enc.encode(m).unwrap().to_vec()).collect()
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("quba-ingest-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    /// One bit of `frame[at]` flipped, never into a zero: a new delimiter
+    /// would split the frame in two, a case of its own (both halves lost).
+    fn flip(frame: &mut [u8], at: usize) {
+        frame[at] ^= if frame[at] == 0x01 { 0x02 } else { 0x01 };
+    }
+
+    #[test]
+    fn a_bit_flip_in_any_one_frame_loses_that_frame_only() {
+        let frames = frames();
+        let (records, failures) = (6u64, 1u64);
+        let (last, starts) = (frames.len() - 1, frames.iter().scan(0, |at, f| Some(std::mem::replace(at, *at + f.len() as u64))).collect::<Vec<_>>());
+        for (i, frame) in frames.iter().enumerate() {
+            // The first byte (a COBS code), the middle, the last before the delimiter.
+            for at in [0, frame.len() / 2, frame.len() - 2] {
+                let mut damaged = frames.clone();
+                flip(&mut damaged[i], at);
+                let case = format!("frame {i}, byte {at}");
+                let dir = scratch(&format!("flip-{i}-{at}"));
+                let m = ingest(&damaged.concat()[..], &dir, "test stream", None).unwrap_or_else(|e| panic!("{case}: {e:#}"));
+                assert_eq!(Manifest::read(&dir).unwrap(), m, "{case}: the manifest on disk");
+                assert_eq!(m.header.as_ref(), Some(&full_header()), "{case}");
+                assert_eq!((m.decode.corrupt_frames, m.decode.bytes_lost), (1, frame.len() as u64), "{case}");
+                let run = Run::load(&dir).unwrap_or_else(|e| panic!("{case}: {e:#}"));
+                assert_eq!(run.header, full_header(), "{case}");
+                let kept = |n: u64, frame: usize| if i == frame { n - 1 } else { n };
+                match i {
+                    // Only the End said it was over, and only it timed the run.
+                    _ if i == last => {
+                        assert_eq!(m.status, RunStatus::Interrupted, "{case}");
+                        assert_eq!(m.lost, [Lost { frame: LostFrame::End, bytes: [starts[i], starts[i] + frame.len() as u64] }], "{case}");
+                        assert!(run.end.is_none(), "{case}");
+                    }
+                    _ => {
+                        assert_eq!(m.status, RunStatus::Complete, "{case}");
+                        assert!(m.lost.is_empty(), "{case}: {:?}", m.lost);
+                        assert!(run.end.is_some(), "{case}");
+                    }
+                }
+                // Records are frames 1–6 (sample = frame − 1), the failure frame 7.
+                assert_eq!(m.records, (1..=6).map(|f| kept(1, f)).sum::<u64>(), "{case}");
+                assert_eq!(m.failures, kept(failures, 7), "{case}");
+                assert_eq!(run.records.len() as u64, m.records, "{case}");
+                assert!(run.records.iter().all(|r| r.sample as usize + 1 != i), "{case}: the damaged record was kept");
+                assert_eq!(records + failures - m.records - m.failures, u64::from((1..=7).contains(&i)), "{case}");
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
+
+    #[test]
+    fn a_lost_header_with_no_end_to_repeat_it_is_named_and_the_records_kept() {
+        let frames = frames();
+        let header_len = frames[0].len() as u64;
+        let mut damaged = frames.clone();
+        flip(&mut damaged[0], 40);
+        // Cut before the End (a killed device), or the End damaged too.
+        let cut = damaged[..frames.len() - 1].concat();
+        let mut both = damaged.clone();
+        flip(both.last_mut().unwrap(), 40);
+        let end_at = cut.len() as u64;
+        for (name, stream, lost) in [
+            ("cut", cut, vec![Lost { frame: LostFrame::Header, bytes: [0, header_len] }]),
+            (
+                "end-damaged",
+                both.concat(),
+                vec![
+                    Lost { frame: LostFrame::Header, bytes: [0, header_len] },
+                    Lost { frame: LostFrame::End, bytes: [end_at, end_at + frames[frames.len() - 1].len() as u64] },
+                ],
+            ),
+        ] {
+            let dir = scratch(&format!("headerless-{name}"));
+            let e = format!("{:#}", ingest(&stream[..], &dir, "test stream", None).unwrap_err());
+            for says in ["test stream", "no valid run header", &format!("the {header_len} bytes from stream byte 0, where the Header frame belonged"), "model, dataset", "6 records and 1 failures", "records.qlog", "no_header"] {
+                assert!(e.contains(says), "{name}: {e:?} does not say {says:?}");
+            }
+            let m = Manifest::read(&dir).unwrap();
+            assert_eq!((m.status, m.header.as_ref(), m.records, m.failures), (RunStatus::NoHeader, None, 6, 1), "{name}");
+            assert_eq!(m.lost, lost, "{name}");
+            // The records stay in the log; a report names why it cannot use them.
+            let (kept, _) = decode_all(&std::fs::read(dir.join(LOG_FILE)).unwrap());
+            assert_eq!(kept.iter().filter(|f| matches!(f.message, Message::Record(_))).count(), 6, "{name}");
+            let e = format!("{:#}", Run::load(&dir).err().expect("a run without a header does not load"));
+            for says in ["records.qlog", "no run header", "from stream byte 0", "no_header"] {
+                assert!(e.contains(says), "{name}: {e:?} does not say {says:?}");
+            }
+            // Reopened for a resume, it stays what it is until a header arrives.
+            assert_eq!(RunLog::reopen(&dir).unwrap().manifest().status, RunStatus::NoHeader, "{name}");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    #[test]
+    fn an_end_that_repeats_another_header_is_refused() {
+        let mut frames = frames();
+        let mut end = full_end();
+        end.header.model_name = "other".into();
+        frames.pop();
+        frames.push(FrameEncoder::new().encode(&Message::End(end)).unwrap().to_vec());
+        let dir = scratch("other-header");
+        let e = format!("{:#}", ingest(&frames.concat()[..], &dir, "test stream", None).unwrap_err());
+        assert!(e.contains("repeats another run header") && e.contains("model_name: \"m\" → \"other\""), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_stream_cut_between_frames_loses_no_end_frame() {
+        // A device killed after a record: interrupted, and nothing damaged.
+        let frames = frames();
+        let dir = scratch("cut");
+        let m = ingest(&frames[..4].concat()[..], &dir, "test stream", None).unwrap();
+        assert_eq!((m.status, m.records, m.lost.len()), (RunStatus::Interrupted, 3, 0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

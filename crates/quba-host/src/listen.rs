@@ -104,8 +104,9 @@ fn serve(listener: &TcpListener, root: &Path, token: &str, timeout: Option<Durat
                     Ok(m) => summary(&dir, &m),
                     Err(e) => {
                         refused.fetch_add(1, Ordering::SeqCst);
-                        // A stream refused before its header left nothing worth a run directory.
-                        if Manifest::read(&dir).is_ok_and(|m| m.header.is_none()) {
+                        // A stream refused before its header left nothing worth a run
+                        // directory; one whose header was lost keeps the records it sent.
+                        if Manifest::read(&dir).is_ok_and(|m| m.header.is_none() && m.records + m.failures == 0) {
                             let _ = std::fs::remove_dir_all(&dir);
                         }
                         eprintln!("quba: stream from {peer}: {e:#}");

@@ -141,7 +141,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path, opts: &MergeOptions) -> Result<Merged
     records.sort_by_key(|r| (position(r.set), r.sample));
     let mut failures: Vec<_> = runs.iter().flat_map(|r| &r.failures).collect();
     failures.sort_by_key(|f| (position(f.set), f.sample));
-    let end = complete.then(|| merged_end(&runs, records.len(), failures.len()));
+    let end = complete.then(|| merged_end(&runs, &header, records.len(), failures.len()));
 
     if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{} already exists and is not empty; merge into a new run directory", out.display());
@@ -178,6 +178,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path, opts: &MergeOptions) -> Result<Merged
         records: records.len() as u64,
         failures: failures.len() as u64,
         decode: runs.iter().fold(DecodeStats::default(), |acc, r| add(acc, &r.decode)),
+        lost: Vec::new(),
         host_tool_version: env!("CARGO_PKG_VERSION").into(),
         merged: Some(info.clone()),
         launch: None,
@@ -219,10 +220,11 @@ fn list(v: &[u32]) -> String {
 /// elapsed time and memory are the largest shard's, i.e. what the slowest
 /// board of the fleet needed. Stages add up per probe group (in the order
 /// they first ran), so their images per second is one board's throughput
-/// over the whole fleet's work.
-fn merged_end(runs: &[&Run], records: usize, failures: usize) -> End {
+/// over the whole fleet's work. It repeats the merged run's `header`.
+fn merged_end(runs: &[&Run], header: &Header, records: usize, failures: usize) -> End {
     let ends: Vec<&End> = runs.iter().filter_map(|r| r.end.as_ref()).collect();
     let mut end = ends[0].clone();
+    *end.header = header.clone();
     end.records = records as u32;
     end.failures = failures as u32;
     end.model_load_ms = ends.iter().map(|e| e.model_load_ms).max().unwrap_or(0);

@@ -14,7 +14,8 @@ use serde_json::{json, Map, Value};
 use crate::benchmark::MappingRules;
 use crate::metrics;
 use crate::protocol::{
-    decode_all, Attack, DecodeStats, End, Failure, Header, Message, OodSet, ProbeSet, Record, CORRUPTIONS, PROTOCOL_VERSION,
+    decode_all, header_of, Attack, DecodeStats, End, Failure, Header, LostFrame, Message, OodSet, ProbeSet, Record, CORRUPTIONS,
+    PROTOCOL_VERSION,
 };
 use crate::resample::{self, Draw, Positions, Universe};
 use crate::quba::{self, Dimension, Normalisation, Values, Weights};
@@ -43,7 +44,7 @@ impl Run {
         let log = dir.join(LOG_FILE);
         let bytes = std::fs::read(&log).with_context(|| format!("cannot read {}", log.display()))?;
         let (frames, stats) = decode_all(&bytes);
-        let mut header = None;
+        let header = header_of(&frames).cloned().with_context(|| no_header(&log, &manifest))?;
         let mut records = Vec::new();
         let mut failures = Vec::new();
         let mut end = None;
@@ -52,7 +53,6 @@ impl Run {
         let mut duplicates = 0;
         for f in frames {
             match f.message {
-                Message::Header(h) => header = Some(h),
                 Message::Record(r) => {
                     // A resent or replayed record must never count twice.
                     if seen.insert((r.set, r.sample)) {
@@ -67,10 +67,9 @@ impl Run {
                     }
                 }
                 Message::End(e) => end = Some(e),
-                Message::Hello { .. } => {}
+                Message::Header(_) | Message::Hello { .. } => {}
             }
         }
-        let header = header.with_context(|| format!("{}: the log has no run header; the run never started", dir.display()))?;
         // The log only ever holds checked frames, so damage here means the
         // disk changed under us; say so with the stream's own losses.
         let mut decode = manifest.decode.clone();
@@ -83,6 +82,23 @@ impl Run {
     pub fn all_records(&self) -> Records<'_> {
         Records { dir: &self.dir, header: &self.header, records: self.records.iter().collect() }
     }
+}
+
+/// Why a log without a header cannot be reported, with what the manifest
+/// knows about where it went.
+fn no_header(log: &Path, m: &Manifest) -> String {
+    let why = match m.lost.iter().find(|l| l.frame == LostFrame::Header) {
+        Some(lost) => format!("{lost} in the stream from {}, and no End frame, which repeats it, arrived", m.source),
+        None if m.records + m.failures > 0 => "neither a Header frame nor an End frame, which repeats it, arrived".into(),
+        None => return format!("{}: the log has no run header; the run never started", log.display()),
+    };
+    format!(
+        "{}: no run header: {why}; {} is unknown, so its {} records cannot be reported (manifest status {})",
+        log.display(),
+        LostFrame::Header.facts(),
+        m.records,
+        serde_json::to_value(&m.status).unwrap_or_default()
+    )
 }
 
 /// The nine dimensions of one run, with what supports each value.
@@ -872,7 +888,7 @@ impl Report {
             s += &format!("note: {w}\n");
         }
         if self.runs.iter().any(|r| !matches!(r.status, RunStatus::Complete | RunStatus::Partial)) {
-            s += "* run interrupted: values cover the records received before the stream stopped\n";
+            s += "* run interrupted: no End frame arrived (the stream stopped, or its End was damaged); values cover the records received, the device's timings are unknown\n";
         }
         if self.runs.iter().any(|r| r.status == RunStatus::Partial) {
             s += "* partial merge: shards are missing or unfinished (manifest.json `merged`); values cover the shards merged\n";

@@ -15,7 +15,7 @@ use std::fmt;
 
 use serde::ser::{self, Serialize, Serializer};
 
-use crate::message::tests::{full_end, full_failure, full_header, full_record};
+use crate::fixtures::{full_end, full_failure, full_header, full_record};
 use crate::*;
 
 /// Field names per struct (struct variants as `Enum::Variant`) and

@@ -10,6 +10,8 @@
 
 #[cfg(test)]
 mod doc_order;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 mod frame;
 mod message;
 mod run_dir;
@@ -19,4 +21,4 @@ pub use message::{
     Attack, Backend, End, Failure, Header, Interpolation, Mapping, Message, OodSet, Pipeline, Precision, ProbeGroup,
     ProbeSet, Probs, Record, Shard, Stage, CORRUPTIONS, MAX_CLASSES, PROTOCOL_VERSION,
 };
-pub use run_dir::{Launch, Manifest, MergeInfo, Resume, RunStatus};
+pub use run_dir::{header_of, Launch, Lost, LostFrame, Manifest, MergeInfo, Resume, RunStatus};

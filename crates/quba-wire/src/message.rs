@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// Bumped whenever a message layout changes incompatibly. Adding a variant at
 /// the end of an enum is compatible (postcard writes the discriminant as a
 /// varint), so old logs stay readable by newer hosts.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// How a benchmark's datasets relate to the model's classes; recorded in the
 /// run header so the host can recompute decisions from stored full vectors.
@@ -382,6 +382,33 @@ pub struct End {
     pub peak_rss_kb: u64,
     /// Per probe group, in the order they ran.
     pub stages: heapless::Vec<Stage, { ProbeGroup::COUNT }>,
+    /// A copy of the run's `Header`. The header is the largest frame of a
+    /// stream, so the likeliest to be hit, and without it no record can be
+    /// reported; with a copy here any one damaged frame costs at most its
+    /// own facts. (Not a second `Header` frame: that restarts `seq` and is
+    /// refused as a second run.) Boxed, so a `Message` stays the size of a
+    /// `Header`: the host moves every one several times while decoding.
+    pub header: Box<Header>,
+}
+
+impl End {
+    /// The largest `End` that can carry `header`: every count and time at
+    /// its widest varint and a stage for every group (any group: each is one
+    /// byte). A device encodes it before the run starts, so a header too
+    /// long to be repeated here fails the run in its first second rather
+    /// than after its last record.
+    pub fn widest(header: Header) -> End {
+        let stage = Stage { group: ProbeGroup::Adversarial, images: u32::MAX, elapsed_us: u64::MAX, model_us: u64::MAX };
+        End {
+            records: u32::MAX,
+            failures: u32::MAX,
+            model_load_ms: u64::MAX,
+            elapsed_ms: u64::MAX,
+            peak_rss_kb: u64::MAX,
+            stages: core::iter::repeat_n(stage, ProbeGroup::COUNT).collect(),
+            header: Box::new(header),
+        }
+    }
 }
 
 /// The device's time on one probe group. `images` counts every image the
@@ -417,93 +444,9 @@ pub enum Message {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// A header with every field set, every `Option` `Some`, and values that
-    /// take more than one varint byte where the type allows it. The strings
-    /// are short so the expected bytes stay readable.
-    pub(crate) fn full_header() -> Header {
-        Header {
-            protocol: PROTOCOL_VERSION,
-            tool_version: "0.1.0".into(),
-            run_id: "r1".into(),
-            model_name: "m".into(),
-            model_sha256: "ab".into(),
-            model_bytes: 300,
-            parameters: 70_000,
-            precision: Precision::Int8,
-            int8_format: "qdq".into(),
-            num_classes: 1000,
-            pipeline: Pipeline {
-                resize_shorter: 256,
-                crop: 224,
-                interpolation: Interpolation::Bilinear,
-                mean: [0.5, 0.25, 0.125],
-                std: [1.0, 2.0, 4.0],
-            },
-            decoder: "d".into(),
-            benchmark: "imagenet".into(),
-            dataset_root: "/d".into(),
-            dataset_fingerprint: "fp".into(),
-            samples: 50_000,
-            seed: 42,
-            per_class: Some(50),
-            target: "t".into(),
-            backend: Backend::TractCuda,
-            batch: 8,
-            threads: 1,
-            probes: vec![
-                ProbeSet::Clean,
-                ProbeSet::Corruption { corruption: 14, severity: 5 },
-                ProbeSet::Adversarial(Attack::Pgd),
-                ProbeSet::Ood(OodSet::Rendition),
-                ProbeSet::MixedRand,
-            ],
-            full_probs: true,
-            mapping: Mapping::ImageNet,
-            corruption_source: "gen".into(),
-            adversarial_mode: "pixel".into(),
-            gradient: "ste".into(),
-            placement: "gpu".into(),
-            corruption_per_class: Some(5),
-            attack_per_class: Some(2),
-            shard: Some(Shard { index: 1, count: 4 }),
-        }
-    }
-
-    /// An end with two stages and multi-byte varints (End has no `Option`).
-    pub(crate) fn full_end() -> End {
-        let mut stages = heapless::Vec::new();
-        stages.push(Stage { group: ProbeGroup::Clean, images: 100, elapsed_us: 2_000_000, model_us: 1_500_000 }).unwrap();
-        stages.push(Stage { group: ProbeGroup::Adversarial, images: 52, elapsed_us: 300, model_us: 200 }).unwrap();
-        End { records: 150, failures: 2, model_load_ms: 1234, elapsed_ms: 65_536, peak_rss_kb: 20_480, stages }
-    }
-
-    /// A record with its cue and a (short) probability vector.
-    pub(crate) fn full_record() -> Record {
-        let mut probs = Probs::new();
-        probs.extend_from_slice(&[0.25, 0.5, 0.25]).unwrap();
-        Record {
-            set: ProbeSet::CueConflict,
-            sample: 7,
-            label: 1,
-            prediction: 1,
-            confidence: 0.5,
-            p_true: 0.5,
-            cue: Some(2),
-            probs: Some(Box::new(probs)),
-        }
-    }
-
-    pub(crate) fn full_failure() -> Failure {
-        Failure {
-            set: ProbeSet::Ood(OodSet::Sketch),
-            sample: 3,
-            path: heapless::String::try_from("a.png").unwrap(),
-            message: heapless::String::try_from("bad").unwrap(),
-        }
-    }
+    use crate::fixtures::{full_end, full_failure, full_header, full_record};
 
     /// `msg` in postcard, as a frame carries it for a payload.
     fn payload(msg: &Message) -> Vec<u8> {
@@ -522,8 +465,8 @@ pub(crate) mod tests {
         assert_eq!(frames[0].message, msg);
     }
 
-    #[test]
-    fn header_matches_the_golden_bytes() {
+    /// `full_header()` in postcard, as `Message::Header` and `End` carry it.
+    fn full_header_bytes() -> Vec<u8> {
         // Written field by field from the postcard wire spec (u8 as one byte,
         // other unsigned integers as LEB128 varints, f32 as 4 bytes LE, str and
         // seq as a varint length then the items, [T; 3] as three items with no
@@ -531,9 +474,8 @@ pub(crate) mod tests {
         // payload), in the order the fields are declared, before the test was
         // first run; the first run confirmed every byte. docs/wire-format.md
         // describes the same layout table by table.
-        let expected: Vec<u8> = [
-            &[0x01][..],                                    // Message::Header
-            &[0x03],                                        // protocol: u8 3, one byte
+        [
+            &[0x04][..],                                    // protocol: u8 4, one byte
             &[0x05], b"0.1.0",                              // tool_version
             &[0x02], b"r1",                                 // run_id
             &[0x01], b"m",                                  // model_name
@@ -579,7 +521,12 @@ pub(crate) mod tests {
             &[0x01, 0x02],                                  // attack_per_class Some(2)
             &[0x01, 0x01, 0x04],                            // shard Some(Shard { 1, 4 })
         ]
-        .concat();
+        .concat()
+    }
+
+    #[test]
+    fn header_matches_the_golden_bytes() {
+        let expected = [&[0x01][..], &full_header_bytes()].concat(); // Message::Header, then the header
         assert_eq!(payload(&Message::Header(full_header())), expected);
         assert_round_trips(Message::Header(full_header()));
     }
@@ -588,7 +535,7 @@ pub(crate) mod tests {
     fn end_matches_the_golden_bytes() {
         // Derived by hand from the postcard wire spec like the header's above,
         // then confirmed by encoding.
-        let expected: &[u8] = &[
+        let fields: &[u8] = &[
             0x04,             // Message::End
             0x96, 0x01,       // records 150
             0x02,             // failures 2
@@ -605,8 +552,28 @@ pub(crate) mod tests {
             0xac, 0x02,       //   elapsed_us 300
             0xc8, 0x01,       //   model_us 200
         ];
+        // header: the copy, byte for byte the payload of its own frame.
+        let expected = [fields, &full_header_bytes()].concat();
         assert_eq!(payload(&Message::End(full_end())), expected);
         assert_round_trips(Message::End(full_end()));
+    }
+
+    #[test]
+    fn the_widest_end_is_its_header_and_197_bytes() {
+        // docs/wire-format.md states the bound: a header up to
+        // MAX_PAYLOAD − 197 bytes always fits the End that repeats it.
+        let end = payload(&Message::End(End::widest(full_header())));
+        assert_eq!(end.len(), payload(&Message::Header(full_header())).len() + 197);
+        // The longest header that its End still carries, and one byte more.
+        let mut h = full_header();
+        h.dataset_root = "d".repeat(200);
+        let room = crate::MAX_PAYLOAD - 197 - payload(&Message::Header(h.clone())).len();
+        h.dataset_root += &"d".repeat(room);
+        let mut enc = crate::FrameEncoder::new();
+        assert!(enc.encode(&Message::End(End::widest(h.clone()))).is_ok());
+        h.dataset_root.push('d');
+        assert!(enc.encode(&Message::Header(h.clone())).is_ok());
+        assert_eq!(enc.encode(&Message::End(End::widest(h))), Err(crate::EncodeError::TooLarge));
     }
 
     #[test]

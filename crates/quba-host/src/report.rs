@@ -637,6 +637,22 @@ pub fn build(dirs: &[PathBuf], norm: Option<Normalisation>, weights: Weights, op
     Ok(Report { runs, results, normalisation, weights, scored })
 }
 
+/// Clean images per class at which class balance and calibration error are
+/// within half the study's std of their 50-per-class values, for the
+/// simulated model of docs/small-subsets.md (its table, measured).
+pub const PAPER_MIN_PER_CLASS: f64 = 20.0;
+
+/// A run's clean images per class present (`None` without clean records).
+fn clean_per_class(run: &Run) -> Option<f64> {
+    let mut classes = std::collections::BTreeSet::new();
+    let mut n = 0usize;
+    for r in run.records.iter().filter(|r| r.set == ProbeSet::Clean) {
+        classes.insert(r.label);
+        n += 1;
+    }
+    (n > 0).then(|| n as f64 / classes.len() as f64)
+}
+
 /// `f` of every item, in input order, on all cores. A report over a cohort
 /// the study's size (326 models) is bound by each model's bootstrap
 /// intervals, which depend on that model's records and the seed alone, so
@@ -776,6 +792,24 @@ impl Report {
         }
         if self.runs.iter().any(|r| r.header.gradient == "ste") {
             w.push("int8 attacks use straight-through gradients through quantisation; a gradient-masking model can look robust".into());
+        }
+        if self.normalisation == Normalisation::Paper {
+            let few: Vec<String> = self
+                .runs
+                .iter()
+                .filter_map(|r| {
+                    let per_class = clean_per_class(r)?;
+                    (per_class < PAPER_MIN_PER_CLASS).then(|| format!("{} {} ({per_class:.1})", r.header.model_name, r.header.precision.as_str()))
+                })
+                .collect();
+            if !few.is_empty() {
+                w.push(format!(
+                    "class balance and calibration error are biased, not only noisy, below {PAPER_MIN_PER_CLASS} clean images per class, \
+                     by more than half the study's spread (docs/small-subsets.md); their z-scores against the study's constants, and \
+                     QUBA, lean that way for {}",
+                    few.join(", ")
+                ));
+            }
         }
         w
     }
@@ -923,4 +957,53 @@ pub fn export_jsonl(run: &Run, out: &mut dyn std::io::Write) -> Result<()> {
         out.write_all(b"\n")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::fixtures::full_header;
+
+    fn run(per_class: usize, classes: u16) -> Run {
+        let mut records = Vec::new();
+        for label in 0..classes {
+            for j in 0..per_class {
+                let sample = (label as usize * per_class + j) as u32;
+                records.push(Record { set: ProbeSet::Clean, sample, label, prediction: label, confidence: 1.0, p_true: 1.0, cue: None, probs: None });
+            }
+        }
+        Run {
+            dir: PathBuf::from("r"),
+            header: full_header(),
+            records,
+            failures: vec![],
+            end: None,
+            status: RunStatus::Complete,
+            duplicates: 0,
+            decode: DecodeStats::default(),
+        }
+    }
+
+    fn small_subset_warning(runs: Vec<Run>, normalisation: Normalisation) -> Option<String> {
+        let rep = Report { runs, results: vec![], normalisation, weights: Weights::default(), scored: vec![] };
+        rep.warnings().into_iter().find(|w| w.contains("images per class"))
+    }
+
+    #[test]
+    fn paper_constants_on_few_images_per_class_are_warned_about() {
+        // A 40-class subset at 5 per class: what counts is images per class present.
+        let w = small_subset_warning(vec![run(5, 40), run(20, 40)], Normalisation::Paper).expect("a warning");
+        assert!(w.contains("below 20 clean images per class") && w.contains("m int8 (5.0)"), "{w}");
+        assert_eq!(w.matches("(20.0)").count(), 0, "{w}");
+        assert_eq!(small_subset_warning(vec![run(20, 3)], Normalisation::Paper), None);
+        // Runs of equal size against each other: the drift mostly cancels.
+        assert_eq!(small_subset_warning(vec![run(5, 40)], Normalisation::Cohort), None);
+    }
+
+    #[test]
+    fn the_threshold_is_the_measured_one() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/small-subsets.json");
+        let data: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(data["min_per_class_within_half_std"].as_f64(), Some(PAPER_MIN_PER_CLASS), "rerun the example or update the constant");
+    }
 }

@@ -2,7 +2,9 @@
 random probability matrices, for tests/it/mapping_parity.rs:
 
 - model-vs-human 16 categories: category score = mean of its member classes'
-  probabilities (sixteen_class_mapping.json), decision = argmax;
+  probabilities (sixteen_class_mapping.json), decision = the first of
+  np.flip(np.argsort(scores)) as model-vs-human takes it (the last of tied
+  top scores, where argmax would take the first);
 - ImageNet-R: keep the columns of the 200 ImageNet-R wnids (a boolean mask
   over the 1000 classes in index order, as the ImageNet-R code does), argmax
   gives the position among them;
@@ -44,7 +46,7 @@ probs.astype("<f4").tofile(os.path.join(out, "probs.f32"))
 p = probs.astype(np.float64)
 cats = sixteen["categories"]
 scores16 = np.stack([p[:, sixteen["imagenet_indices"][c]].mean(axis=1) for c in cats], axis=1)
-pred16 = scores16.argmax(axis=1)
+pred16 = np.flip(np.argsort(scores16, axis=1), axis=1)[:, 0]
 
 mask = np.array([w in r_wnids for w in wnids])
 pred_r = p[:, mask].argmax(axis=1)

@@ -260,7 +260,7 @@ impl Ctx<'_> {
             let mut probs = Probs::new();
             probs.extend_from_slice(row).expect("num_classes ≤ MAX_CLASSES checked above");
             softmax_in_place(&mut probs);
-            let d = decision.decide(&probs, l.label, &mut s.scores);
+            let d = decision.decide_logits(row, &probs, l.label, &mut s.scores);
             let rec = Record {
                 set,
                 sample: id,

@@ -212,10 +212,7 @@ impl Decision {
     /// summed probabilities per ImageNet-9 class).
     pub fn decide(&self, probs: &[f32], label: u16, scores: &mut Vec<f32>) -> Decided {
         scores.clear();
-        let pick = |scores: &[f32]| -> Decided {
-            let p = crate::metrics::argmax(scores);
-            Decided { prediction: p as u16, confidence: scores[p], p_true: scores.get(label as usize).copied().unwrap_or(0.0) }
-        };
+        let pick = |scores: &[f32]| decided(scores, crate::metrics::argmax(scores), label);
         match self {
             Decision::Identity => {
                 scores.extend_from_slice(probs);
@@ -228,7 +225,11 @@ impl Decision {
                         .iter()
                         .map(|m| (m.iter().map(|&i| probs[i as usize] as f64).sum::<f64>() / m.len() as f64) as f32),
                 );
-                pick(scores)
+                // model-vs-human ranks categories with np.flip(np.argsort(…)):
+                // of tied top scores (a saturated softmax whose top class is
+                // in no category leaves all 16 at 0) the *last* one is its
+                // response, not argmax's first.
+                decided(scores, argmax_last(scores), label)
             }
             Decision::Restrict(classes) => {
                 let total: f64 = classes.iter().map(|&i| probs[i as usize] as f64).sum();
@@ -258,6 +259,52 @@ impl Decision {
     }
 }
 
+/// Dataset class `p` with its score and the true class's.
+fn decided(scores: &[f32], p: usize, label: u16) -> Decided {
+    Decided { prediction: p as u16, confidence: scores[p], p_true: scores.get(label as usize).copied().unwrap_or(0.0) }
+}
+
+/// Index of the largest value, the last one on ties (see `MeanOfMembers`).
+fn argmax_last(p: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in p.iter().enumerate() {
+        if x >= p[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+impl Decision {
+    /// The decision from the model's logits, as the study makes it where it
+    /// differs from `decide`: ImageNet-R keeps only the logits of its 200
+    /// classes and takes their argmax. From probabilities that argmax is the
+    /// same until the softmax underflows all 200 to 0 (a top class ahead by
+    /// more than about 100 logits, as a saturated int8 model's can be); then
+    /// only the logits still tell them apart. `probs` is softmax(`logits`).
+    pub fn decide_logits(&self, logits: &[f32], probs: &[f32], label: u16, scores: &mut Vec<f32>) -> Decided {
+        match self {
+            Decision::Restrict(classes) if !self.decides_from(probs) => {
+                scores.clear();
+                scores.extend(classes.iter().map(|&i| logits[i as usize]));
+                crate::metrics::softmax_in_place(scores);
+                decided(scores, crate::metrics::argmax(scores), label)
+            }
+            _ => self.decide(probs, label, scores),
+        }
+    }
+
+    /// Whether `probs` alone still hold the decision: not for ImageNet-R
+    /// when its 200 classes' probabilities all underflowed to 0. The host,
+    /// which stores probabilities only, keeps the device's decision then.
+    pub fn decides_from(&self, probs: &[f32]) -> bool {
+        match self {
+            Decision::Restrict(classes) => classes.iter().any(|&i| probs[i as usize] > 0.0),
+            _ => true,
+        }
+    }
+}
+
 /// Splits a model-vs-human cue-conflict file name `…<shape><n>-<texture><m>.<ext>`
 /// (e.g. `airplane1-bicycle2.png`, `0007_dog10-bird2.png`) into the shape and
 /// texture category names.
@@ -276,6 +323,55 @@ pub fn parse_cue_conflict(file_name: &str) -> Option<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tied_category_scores_go_to_the_last_category_as_in_model_vs_human() {
+        // np.flip(np.argsort(x)) of 16 equal float32 scores starts with 15, of
+        // [0, …, 0.5 at 3, …, 0.5 at 9, …] with 9 (numpy 2.4, checked).
+        let d = Mapping::ImageNet.decision(ProbeSet::CueConflict);
+        let members = &imagenet_tables().members;
+        let mut probs = vec![0f32; 1000];
+        // A class in no category takes all the mass: every category mean is 0.
+        let outside = (0..1000u16).find(|i| !members.iter().flatten().any(|m| m == i)).expect("a class outside the 16");
+        probs[outside as usize] = 1.0;
+        let mut scores = Vec::new();
+        assert_eq!(d.decide(&probs, 0, &mut scores).prediction, 15);
+        // Categories 3 and 9 tied (every member 2^-10: the means are exact).
+        probs[outside as usize] = 0.0;
+        for &m in members[3].iter().chain(&members[9]) {
+            probs[m as usize] = 1.0 / 1024.0;
+        }
+        assert_eq!(d.decide(&probs, 0, &mut scores).prediction, 9);
+        assert_eq!(scores[3], scores[9]);
+    }
+
+    #[test]
+    fn imagenet_r_decides_on_logits_where_the_softmax_underflows() {
+        let d = Mapping::ImageNet.decision(ProbeSet::Ood(OodSet::Rendition));
+        let Decision::Restrict(r) = d else { panic!("ImageNet-R restricts") };
+        let outside = (0..1000u16).find(|i| !r.contains(i)).expect("a class outside the 200");
+        // The top class 200 logits ahead of every ImageNet-R class: in f32
+        // their probabilities are all exactly 0.
+        let mut logits = vec![0f32; 1000];
+        logits[outside as usize] = 200.0;
+        logits[r[17] as usize] = 3.0;
+        let mut probs = logits.clone();
+        crate::metrics::softmax_in_place(&mut probs);
+        assert!(r.iter().all(|&i| probs[i as usize] == 0.0));
+        assert!(!d.decides_from(&probs));
+        let mut scores = Vec::new();
+        let got = d.decide_logits(&logits, &probs, 17, &mut scores);
+        assert_eq!(got.prediction, 17, "the argmax of the 200 logits");
+        // Softmax over the 200 logits alone: e³ / (e³ + 199).
+        let want = 3f64.exp() / (3f64.exp() + 199.0);
+        assert!((got.p_true as f64 - want).abs() < 1e-6, "{got:?} vs {want}");
+        // Where the probabilities still decide, the logits give the same.
+        logits[outside as usize] = 5.0;
+        let mut probs = logits.clone();
+        crate::metrics::softmax_in_place(&mut probs);
+        assert!(d.decides_from(&probs));
+        assert_eq!(d.decide_logits(&logits, &probs, 17, &mut scores), d.decide(&probs, 17, &mut Vec::new()));
+    }
 
     #[test]
     fn embedded_tables_parse_and_match_the_protocol() {

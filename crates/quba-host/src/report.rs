@@ -237,7 +237,7 @@ impl Decisions {
         let mut d = Decisions { label: vec![], prediction: vec![], cue: vec![], at: universe.positions(set) };
         for r in run.records_of(set) {
             let prediction = match &r.probs {
-                Some(p) if p.len() == k => decision.decide(p, r.label, &mut scores).prediction,
+                Some(p) if p.len() == k && decision.decides_from(p) => decision.decide(p, r.label, &mut scores).prediction,
                 _ => r.prediction,
             };
             d.label.push(r.label);

@@ -172,9 +172,15 @@ fn read_proto(path: &Path) -> Result<pb::ModelProto> {
 }
 
 /// Counts weight *elements* (docs/protocol.md item 9), so an int8 model has the
-/// same count as its fp32 source. Not counted: quantisation scales and zero
-/// points (they describe weights, they are not weights) and int64 tensors
-/// (shapes, axes, indices).
+/// same count as its fp32 source, and as the study counts them:
+/// `model.parameters()` in PyTorch, where a BatchNorm's running mean and
+/// variance are buffers, not parameters. Not counted: a BatchNormalization
+/// node's mean and variance inputs, quantisation scales and zero points
+/// (they describe weights, they are not weights) and int64 tensors (shapes,
+/// axes, indices). A BatchNorm the exporter folded into its convolution
+/// cannot be told apart from a convolution bias: such a file counts one
+/// bias per output channel where PyTorch counted a scale and a shift
+/// (docs/protocol.md, "Parameters").
 fn facts_of_graph(graph: &pb::GraphProto) -> OnnxFacts {
     use std::collections::HashSet;
     let mut quant_meta: HashSet<&str> = HashSet::new();
@@ -194,6 +200,8 @@ fn facts_of_graph(graph: &pb::GraphProto) -> OnnxFacts {
                 qop = true;
                 &[2, 3]
             }
+            // X, scale, B, input_mean, input_var: the statistics are buffers.
+            "BatchNormalization" => &[3, 4],
             _ => &[],
         };
         for &i in meta_inputs {
@@ -215,4 +223,31 @@ fn facts_of_graph(graph: &pb::GraphProto) -> OnnxFacts {
         _ => (Precision::Fp32, ""),
     };
     OnnxFacts { parameters, precision, int8_format: int8_format.into() }
+}
+
+#[cfg(test)]
+mod parameter_tests {
+    use super::*;
+
+    fn tensor(name: &str, dims: &[i64]) -> pb::TensorProto {
+        pb::TensorProto { name: name.into(), dims: dims.to_vec(), data_type: pb::tensor_proto::DataType::Float as i32, ..Default::default() }
+    }
+
+    #[test]
+    fn batchnorm_statistics_are_buffers_not_parameters() {
+        // Conv 8×3×3×3 without bias, then BatchNorm over 8 channels: PyTorch's
+        // model.parameters() holds 216 + 8 (weight) + 8 (bias) = 232; the
+        // running mean and variance (8 + 8) are buffers.
+        let node = |op: &str, inputs: &[&str]| pb::NodeProto {
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let graph = pb::GraphProto {
+            node: vec![node("Conv", &["x", "w"]), node("BatchNormalization", &["c", "gamma", "beta", "mean", "var"])],
+            initializer: vec![tensor("w", &[8, 3, 3, 3]), tensor("gamma", &[8]), tensor("beta", &[8]), tensor("mean", &[8]), tensor("var", &[8])],
+            ..Default::default()
+        };
+        assert_eq!(facts_of_graph(&graph).parameters, 232);
+    }
 }

@@ -36,16 +36,20 @@ fn zoo_gradients_match_torch_autograd() {
         let want = read_f16(&dir.join(format!("parity-{stem}.g.f16")));
         let m = GradModel::load(&root.join(model), labels.len()).unwrap();
         let (_, got) = m.logits_and_grad(&x, &labels).unwrap();
-        // STE gradients of int8 models flip where a value sits on a rounding
-        // boundary in f32 but not in f64; docs/gradients.md gives the spread.
+        // The bars follow the measured spread (docs/gradients.md, 32 inputs a
+        // model against torch float64): exact gradients reach 1 − 1.3e-7 at
+        // worst (f16-stored inputs and gradients here add ~4e-8), so 1 − 1e-6;
+        // STE gradients flip where a value sits on a rounding boundary in f32
+        // but not in f64, worst 1 − 2.0e-3, so 1 − 5e-3.
         let (kind, min_cos) = match m.kind() {
-            GradientKind::Exact => ("exact", 0.999),
-            GradientKind::Ste => ("ste", 0.99),
+            GradientKind::Exact => ("exact", 1.0 - 1e-6),
+            GradientKind::Ste => ("ste", 1.0 - 5e-3),
         };
         assert_eq!(e["gradient"].as_str(), Some(kind), "{model}");
         for (i, (g, w)) in got.chunks(m.item_len()).zip(want.chunks(m.item_len())).enumerate() {
             let c = cosine(g, w);
-            assert!(c >= min_cos, "{model} input {i}: cosine {c:.6} with torch's gradient (< {min_cos})");
+            eprintln!("{model} input {i}: 1 − cos = {:.1e}", 1.0 - c);
+            assert!(c >= min_cos, "{model} input {i}: 1 − cosine {:.1e} with torch's gradient (bar {:.0e})", 1.0 - c, 1.0 - min_cos);
         }
     }
 }

@@ -1001,6 +1001,37 @@ mod tests {
     }
 
     #[test]
+    fn a_clean_accuracy_of_zero_names_itself_as_the_reason() {
+        // Two classes, every clean image wrong; every shifted set has records.
+        let mut r = run(3, 2);
+        let mut header = full_header();
+        header.num_classes = 2;
+        header.mapping = crate::protocol::Mapping::Identity;
+        r.header = header;
+        for rec in r.records.iter_mut() {
+            rec.prediction = 1 - rec.label;
+            let mut p = crate::protocol::Probs::new();
+            p.extend_from_slice(if rec.label == 0 { &[0.2, 0.8] } else { &[0.8, 0.2] }).unwrap();
+            rec.probs = Some(Box::new(p));
+        }
+        let mut extra = Vec::new();
+        let sets = (0..75u8)
+            .map(|c| ProbeSet::Corruption { corruption: c / 5, severity: c % 5 + 1 })
+            .chain([OodSet::Edge, OodSet::Silhouette, OodSet::Sketch, OodSet::Stylized, OodSet::Rendition].map(ProbeSet::Ood))
+            .chain([ProbeSet::MixedSame, ProbeSet::MixedRand]);
+        for set in sets {
+            extra.push(Record { set, sample: 0, label: 0, prediction: 0, confidence: 1.0, p_true: 1.0, cue: None, probs: None });
+        }
+        r.records.extend(extra);
+        let res = evaluate(&r, &EvalOptions { bootstrap: 0, seed: 0 }).unwrap();
+        for d in [Dimension::CorruptionRobustness, Dimension::OodRobustness, Dimension::ObjectFocus] {
+            assert_eq!(res.values[d.index()], None, "{d}");
+            let why = &res.missing[&d];
+            assert!(why.contains("none of the 6 clean images"), "{d}: {why}");
+        }
+    }
+
+    #[test]
     fn the_threshold_is_the_measured_one() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/small-subsets.json");
         let data: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();

@@ -39,6 +39,9 @@ pub struct Labels {
     pub expected: Option<usize>,
     /// Parse `…<shape><n>-<texture><m>.<ext>` file names into [`Sample::cue`].
     pub cue_conflict: bool,
+    /// A folder named by a label index (`0` … `999`, ImageNet-V2's layout)
+    /// also names that category.
+    pub index_folders: bool,
 }
 
 /// An ImageFolder tree: one folder per class, class index = sorted folder order.
@@ -89,12 +92,14 @@ impl ImageFolder {
             Some(cats) => classes
                 .iter()
                 .map(|c| {
-                    cats.iter().position(|x| x == c).map(|i| i as u16).with_context(|| {
+                    let index = || c.parse::<usize>().ok().filter(|&i| spec.index_folders && i < cats.len() && c == &i.to_string());
+                    cats.iter().position(|x| x == c).or_else(index).map(|i| i as u16).with_context(|| {
                         format!(
-                            "{}: folder {c:?} is not one of this dataset's {} categories ({})",
+                            "{}: folder {c:?} is not one of this dataset's {} categories ({}{})",
                             root.display(),
                             cats.len(),
-                            abbreviate(cats)
+                            abbreviate(cats),
+                            if spec.index_folders { format!(", or an index 0–{}", cats.len() - 1) } else { String::new() }
                         )
                     })
                 })

@@ -183,8 +183,29 @@ pub(super) const ATTACKS: [Attack; 2] = [Attack::Fgsm, Attack::Pgd];
 /// bad folder or file name fails the run at once rather than half-way.
 pub(super) fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_classes: usize) -> Result<Plan> {
     let mut probes = Vec::new();
-    let clean = Source::open(&args.data, Some(num_classes), args.per_class, args.seed)?;
+    // ImageNet folders are named by wnid (or by index, as ImageNet-V2's), so
+    // a subset of the classes keeps its labels and absent classes are simply
+    // absent; any other benchmark labels by sorted folder order, where a
+    // missing folder would shift every label, so all must be there.
+    let clean_labels = match mapping {
+        Mapping::ImageNet => {
+            let wnids = &crate::benchmark::imagenet_tables().wnids;
+            if num_classes != wnids.len() {
+                bail!(
+                    "--benchmark imagenet needs a model with {} output classes, this one has {num_classes}; \
+                     use --benchmark custom for a model trained on the dataset's own classes",
+                    wnids.len()
+                );
+            }
+            Labels { categories: Some(wnids.clone()), index_folders: true, ..Labels::default() }
+        }
+        Mapping::Identity => Labels { expected: Some(num_classes), ..Labels::default() },
+    };
+    let clean = Source::open_labelled(&args.data, &clean_labels, args.per_class, args.seed)?;
     let clean_classes = clean.classes();
+    if clean.len() == 0 {
+        bail!("{}: the clean set holds no images", args.data.display());
+    }
     for set in SHIFTED {
         if !args.wants(set.group()) {
             continue;
@@ -194,6 +215,7 @@ pub(super) fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_cl
             categories: mapping.categories(set, &clean_classes),
             expected: mapping.expected_folders(set),
             cue_conflict: set == ProbeSet::CueConflict,
+            index_folders: false,
         };
         let spec = if args.is_synth() {
             PathBuf::from(format!("synth:{}", synth_split(set).expect("every shifted set has a synthetic split").name()))
@@ -207,6 +229,9 @@ pub(super) fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_cl
         decision.check_model(num_classes, set)?;
         let source = Source::open_labelled(&spec, &labels, args.per_class, args.seed)
             .with_context(|| format!("opening the {} set", set.name()))?;
+        if source.len() == 0 {
+            bail!("{}: the {} set holds no images", spec.display(), set.name());
+        }
         probes.push(Probe { set, ids: source.ids(), source, decision });
     }
     let mut generated = None;
@@ -214,13 +239,21 @@ pub(super) fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_cl
     if args.wants(ProbeGroup::Corruption) {
         let cells = args.corruption_cells()?;
         if let Some(root) = &args.imagenet_c {
-            let labels = Labels { categories: Some(clean_classes.clone()), ..Labels::default() };
+            // Labelled as the clean set is: a cell of a subset holds the same
+            // class folders, and its labels must be the clean set's.
+            let labels = match mapping {
+                Mapping::ImageNet => clean_labels.clone(),
+                Mapping::Identity => Labels { categories: Some(clean_classes.clone()), ..Labels::default() },
+            };
             for &(c, sev) in &cells {
                 let dir = root.join(c.name()).join(sev.to_string());
                 if !dir.is_dir() {
                     bail!("{}: no such folder; an ImageNet-C tree is <root>/<corruption>/<severity>/<class>/…", dir.display());
                 }
                 let source = Source::open_labelled(&dir, &labels, args.corruption_per_class, args.seed)?;
+                if source.len() == 0 {
+                    bail!("{}: this ImageNet-C cell holds no images", dir.display());
+                }
                 probes.push(Probe { set: corruption_set(c, sev), ids: source.ids(), source, decision: Decision::Identity });
             }
             corruption_source =

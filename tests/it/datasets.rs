@@ -309,3 +309,56 @@ fn synthetic_tree_on_disk_equals_the_in_memory_benchmark() {
     assert_eq!(a["parts"], b["parts"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `quba eval --benchmark imagenet --probes clean` on `val`, as JSON.
+fn eval_clean(val: &Path, runs: &Path) -> std::process::Output {
+    Command::new(QUBA)
+        .arg("eval")
+        .arg("--model")
+        .arg(root().join("tests/data/colour/colour-1000.onnx"))
+        .args(["--benchmark", "imagenet", "--json", "--bootstrap", "0", "--probes", "clean", "--data"])
+        .arg(val)
+        .arg("--runs-dir")
+        .arg(runs)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_imagenet_subset_is_labelled_by_wnid_or_by_index() {
+    let t = tables();
+    let dir = tmp!("subset");
+    // Four of the 1000 classes; class 500 also holds an image of class 501: 4/5.
+    let classes = [0usize, 1, 500, 999];
+    let wnid = |j: usize| t.wnids[j].clone();
+    let index = |j: usize| j.to_string();
+    for (layout, folder) in [("wnid", &wnid as &dyn Fn(usize) -> String), ("index", &index)] {
+        let val = dir.join(layout).join("val");
+        for &j in &classes {
+            image_of(&val.join(folder(j)), "a.png", j);
+        }
+        image_of(&val.join(folder(500)), "b.png", 501);
+        let out = eval_clean(&val, &dir.join(layout).join("runs"));
+        assert!(out.status.success(), "{layout}: {}", String::from_utf8_lossy(&out.stderr));
+        let res: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let m = &res["models"][0];
+        close(m["dimensions"]["accuracy"].as_f64().unwrap(), 0.8, layout);
+        assert_eq!(m["clean_classes"], 4, "{layout}");
+        let warnings = res["warnings"].to_string();
+        assert!(warnings.contains("(4 of 1000)"), "{layout}: {warnings}");
+    }
+    // A class folder that holds no image at all: named, not an empty run.
+    let empty = dir.join("empty/val");
+    std::fs::create_dir_all(empty.join(wnid(3))).unwrap();
+    let out = eval_clean(&empty, &dir.join("empty/runs"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has 1 class folders but no images"), "{err}");
+    // A folder that is neither a wnid nor an index.
+    let odd = dir.join("odd/val");
+    image_of(&odd.join("1000"), "a.png", 0);
+    let out = eval_clean(&odd, &dir.join("odd/runs"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("folder \"1000\" is not one of"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

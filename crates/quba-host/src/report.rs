@@ -642,15 +642,21 @@ pub fn build(dirs: &[PathBuf], norm: Option<Normalisation>, weights: Weights, op
 /// simulated model of docs/small-subsets.md (its table, measured).
 pub const PAPER_MIN_PER_CLASS: f64 = 20.0;
 
-/// A run's clean images per class present (`None` without clean records).
-fn clean_per_class(run: &Run) -> Option<f64> {
+/// A run's clean images and the classes they cover.
+fn clean_coverage(run: &Run) -> (usize, usize) {
     let mut classes = std::collections::BTreeSet::new();
     let mut n = 0usize;
     for r in run.records.iter().filter(|r| r.set == ProbeSet::Clean) {
         classes.insert(r.label);
         n += 1;
     }
-    (n > 0).then(|| n as f64 / classes.len() as f64)
+    (n, classes.len())
+}
+
+/// A run's clean images per class present (`None` without clean records).
+fn clean_per_class(run: &Run) -> Option<f64> {
+    let (n, classes) = clean_coverage(run);
+    (n > 0).then(|| n as f64 / classes as f64)
 }
 
 /// `f` of every item, in input order, on all cores. A report over a cohort
@@ -718,6 +724,7 @@ impl Report {
                     "dimensions": dims,
                     "intervals": intervals,
                     "samples": samples,
+                    "clean_classes": clean_coverage(run).1,
                     "quba": opt(sc.quba),
                     "quba_interval": sc.interval.map(|(lo, hi)| json!([lo, hi])).unwrap_or(Value::Null),
                     "quba_reason": sc.reason,
@@ -792,6 +799,21 @@ impl Report {
         }
         if self.runs.iter().any(|r| r.header.gradient == "ste") {
             w.push("int8 attacks use straight-through gradients through quantisation; a gradient-masking model can look robust".into());
+        }
+        let partial: Vec<String> = self
+            .runs
+            .iter()
+            .filter_map(|r| {
+                let (n, classes) = clean_coverage(r);
+                (n > 0 && classes < r.header.num_classes as usize)
+                    .then(|| format!("{} {} ({classes} of {})", r.header.model_name, r.header.precision.as_str(), r.header.num_classes))
+            })
+            .collect();
+        if !partial.is_empty() {
+            w.push(format!(
+                "evaluated on a subset of the model's classes: {}; every dimension describes those classes only",
+                partial.join(", ")
+            ));
         }
         if self.normalisation == Normalisation::Paper {
             let few: Vec<String> = self

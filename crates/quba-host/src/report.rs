@@ -312,14 +312,15 @@ impl Prepared {
             }
         }
         let clean_decisions = Decisions::of(run, ProbeSet::Clean, universe);
+        let whole = universe.whole();
         let p = Prepared {
             parameters: run.header.parameters as f64 / 1e6,
             clean,
-            attacks: attacks(run, universe, &clean_decisions, &mut res),
-            cells: corruption_cells(run, universe, &clean_decisions, &mut res),
-            ood: ood_sets(run, universe, &clean_decisions, &mut res),
+            attacks: attacks(run, universe, &whole, &clean_decisions, &mut res),
+            cells: corruption_cells(run, universe, &whole, &clean_decisions, &mut res),
+            ood: ood_sets(run, universe, &whole, &clean_decisions, &mut res),
             cue_conflict: cue_conflict(run, universe, &mut res),
-            mixed: mixed(run, universe, &clean_decisions, &mut res),
+            mixed: mixed(run, universe, &whole, &clean_decisions, &mut res),
             clean_decisions,
         };
         Ok((p, res))
@@ -337,20 +338,8 @@ impl Prepared {
             v[Dimension::ClassBalance.index()] = Some(metrics::class_balance(&pb, c.k, &l));
         }
         let clean = &self.clean_decisions;
-        if let Some([fgsm, pgd]) = &self.attacks {
-            // (clean, fgsm, pgd) hits over the drawn images all three saw.
-            let mut hits = [0u32; 3];
-            let mut n = 0u32;
-            for (i, c) in fgsm.at.counted(draw).filter(|&(_, c)| c > 0) {
-                let u = fgsm.at.entry(i);
-                if let (Some(k), Some(p)) = (clean.at.lookup(u), pgd.at.lookup(u)) {
-                    n += c;
-                    hits[0] += c * clean.correct(k) as u32;
-                    hits[1] += c * fgsm.correct(i) as u32;
-                    hits[2] += c * pgd.correct(p) as u32;
-                }
-            }
-            let [c, f, p] = hits.map(|h| h as f64 / n as f64);
+        if let Some(attacks) = &self.attacks {
+            let [c, f, p] = attack_accuracies(clean, attacks, draw).0;
             v[Dimension::AdversarialRobustness.index()] = Some(metrics::gmean(&[p / c, f / c]));
         }
         if let Some(cells) = &self.cells {
@@ -396,31 +385,36 @@ fn shape_bias_of(cc: &Decisions, texture: &[u16], ix: &[usize]) -> (f64, usize, 
     metrics::shape_bias(&pick(&cc.label), &pick(texture), &pick(&cc.prediction))
 }
 
+/// (clean, FGSM, PGD) accuracies over the drawn images all three sets hold,
+/// and how many drawn images that is.
+fn attack_accuracies(clean: &Decisions, [fgsm, pgd]: &[Decisions; 2], draw: &Draw) -> ([f64; 3], u32) {
+    let mut hits = [0u32; 3];
+    let mut n = 0u32;
+    for (i, c) in fgsm.at.counted(draw).filter(|&(_, c)| c > 0) {
+        let u = fgsm.at.entry(i);
+        if let (Some(k), Some(p)) = (clean.at.lookup(u), pgd.at.lookup(u)) {
+            n += c;
+            hits[0] += c * clean.correct(k) as u32;
+            hits[1] += c * fgsm.correct(i) as u32;
+            hits[2] += c * pgd.correct(p) as u32;
+        }
+    }
+    (hits.map(|h| h as f64 / n as f64), n)
+}
+
 /// Adversarial robustness (docs/protocol.md, dimension 2): gmean of the PGD and
 /// FGSM accuracies, each divided by the clean accuracy on the same images.
-fn attacks(run: &Records, universe: &Universe, clean: &Decisions, res: &mut ModelResult) -> Option<[Decisions; 2]> {
-    let fgsm = Decisions::of(run, ProbeSet::Adversarial(Attack::Fgsm), universe);
-    let pgd = Decisions::of(run, ProbeSet::Adversarial(Attack::Pgd), universe);
-    if fgsm.len() == 0 || pgd.len() == 0 {
+fn attacks(run: &Records, universe: &Universe, whole: &Draw, clean: &Decisions, res: &mut ModelResult) -> Option<[Decisions; 2]> {
+    let attacks = [Attack::Fgsm, Attack::Pgd].map(|a| Decisions::of(run, ProbeSet::Adversarial(a), universe));
+    if attacks.iter().any(|d| d.len() == 0) {
         res.missing.insert(Dimension::AdversarialRobustness, "the run has no adversarial/fgsm and adversarial/pgd records".into());
         return None;
     }
-    let mut hits = [0usize; 3];
-    let mut n = 0usize;
-    for i in 0..clean.len() {
-        let u = clean.at.entry(i);
-        if let (Some(f), Some(p)) = (fgsm.at.lookup(u), pgd.at.lookup(u)) {
-            n += 1;
-            hits[0] += clean.correct(i) as usize;
-            hits[1] += fgsm.correct(f) as usize;
-            hits[2] += pgd.correct(p) as usize;
-        }
-    }
+    let ([c, f, p], n) = attack_accuracies(clean, &attacks, whole);
     if n == 0 {
         res.missing.insert(Dimension::AdversarialRobustness, "no clean records for the attacked images".into());
         return None;
     }
-    let [c, f, p] = hits.map(|h| h as f64 / n as f64);
     res.parts.insert("adversarial_clean_accuracy".into(), c);
     res.parts.insert("fgsm_accuracy".into(), f);
     res.parts.insert("pgd_accuracy".into(), p);
@@ -430,16 +424,15 @@ fn attacks(run: &Records, universe: &Universe, clean: &Decisions, res: &mut Mode
     }
     res.parts.insert("fgsm_relative".into(), f / c);
     res.parts.insert("pgd_relative".into(), p / c);
-    res.samples[Dimension::AdversarialRobustness.index()] = Some(n);
-    Some([fgsm, pgd])
+    res.samples[Dimension::AdversarialRobustness.index()] = Some(n as usize);
+    Some(attacks)
 }
 
 /// Corruption robustness (docs/protocol.md, dimension 3): for each corruption the
 /// mean over severities of accuracy / clean accuracy, then the mean over the
 /// 15 corruptions. Every cell's accuracy and relative accuracy are kept.
-fn corruption_cells(run: &Records, universe: &Universe, clean: &Decisions, res: &mut ModelResult) -> Option<Vec<Decisions>> {
-    let whole = universe.whole();
-    let clean_acc = clean.accuracy(&whole);
+fn corruption_cells(run: &Records, universe: &Universe, whole: &Draw, clean: &Decisions, res: &mut ModelResult) -> Option<Vec<Decisions>> {
+    let clean_acc = clean.accuracy(whole);
     let mut cells = Vec::new();
     let mut absent = Vec::new();
     for (ci, name) in CORRUPTIONS.iter().enumerate() {
@@ -449,7 +442,7 @@ fn corruption_cells(run: &Records, universe: &Universe, clean: &Decisions, res: 
             if d.len() == 0 {
                 absent.push(format!("{name}/{sev}"));
             } else {
-                let acc = d.accuracy(&whole);
+                let acc = d.accuracy(whole);
                 row_sum += acc;
                 res.parts.insert(format!("corruption_{name}_{sev}_accuracy"), acc);
                 if clean.len() > 0 {
@@ -478,15 +471,15 @@ fn corruption_cells(run: &Records, universe: &Universe, clean: &Decisions, res: 
 }
 
 /// OOD robustness: gmean of the five accuracies relative to clean accuracy.
-fn ood_sets(run: &Records, universe: &Universe, clean: &Decisions, res: &mut ModelResult) -> Option<Vec<Decisions>> {
-    let whole = universe.whole();
+fn ood_sets(run: &Records, universe: &Universe, whole: &Draw, clean: &Decisions, res: &mut ModelResult) -> Option<Vec<Decisions>> {
+    let clean_acc = clean.accuracy(whole);
     let sets: Vec<(OodSet, Decisions)> = OOD_SETS.iter().map(|&s| (s, Decisions::of(run, ProbeSet::Ood(s), universe))).collect();
     let absent: Vec<String> = sets.iter().filter(|(_, d)| d.len() == 0).map(|(s, _)| ProbeSet::Ood(*s).name()).collect();
     for (s, d) in sets.iter().filter(|(_, d)| d.len() > 0) {
         let name = ProbeSet::Ood(*s).name().replace('/', "_");
-        res.parts.insert(format!("{name}_accuracy"), d.accuracy(&whole));
+        res.parts.insert(format!("{name}_accuracy"), d.accuracy(whole));
         if clean.len() > 0 {
-            res.parts.insert(format!("{name}_relative"), d.accuracy(&whole) / clean.accuracy(&whole));
+            res.parts.insert(format!("{name}_relative"), d.accuracy(whole) / clean_acc);
         }
     }
     let why = if clean.len() == 0 {
@@ -527,13 +520,12 @@ fn cue_conflict(run: &Records, universe: &Universe, res: &mut ModelResult) -> Op
 }
 
 /// Object focus: 1 − (acc_same − acc_rand) / clean accuracy.
-fn mixed(run: &Records, universe: &Universe, clean: &Decisions, res: &mut ModelResult) -> Option<[Decisions; 2]> {
-    let whole = universe.whole();
+fn mixed(run: &Records, universe: &Universe, whole: &Draw, clean: &Decisions, res: &mut ModelResult) -> Option<[Decisions; 2]> {
     let same = Decisions::of(run, ProbeSet::MixedSame, universe);
     let rand = Decisions::of(run, ProbeSet::MixedRand, universe);
     for (name, d) in [("mixed_same_accuracy", &same), ("mixed_rand_accuracy", &rand)] {
         if d.len() > 0 {
-            res.parts.insert(name.into(), d.accuracy(&whole));
+            res.parts.insert(name.into(), d.accuracy(whole));
         }
     }
     let d = Dimension::ObjectFocus;

@@ -12,7 +12,7 @@
 //! as 75 independent samples, and ignores that an image the model gets wrong
 //! clean it mostly gets wrong corrupted too: with 5× more clean images than
 //! corrupted ones that made the corruption interval about half as wide as it
-//! should be. `bootstrap_coverage` in this crate's tests checks the intervals
+//! should be. `resample::coverage` (a test) checks the intervals
 //! against a simulation whose truth is known.
 //!
 //! Draws are `gen_range(0..n as u64)` from one `ChaCha8Rng`, family after
@@ -116,7 +116,7 @@ impl Universe {
 
     /// Replaces `draw` by a fresh resample: n draws with replacement from
     /// each family of n entries.
-    pub fn redraw(&self, rng: &mut ChaCha8Rng, draw: &mut Draw) {
+    fn redraw(&self, rng: &mut ChaCha8Rng, draw: &mut Draw) {
         for (counts, &(_, n)) in draw.0.iter_mut().zip(&self.families) {
             counts.fill(0);
             for _ in 0..n {
@@ -150,10 +150,6 @@ impl Positions {
         self.counted(draw).flat_map(|(p, c)| std::iter::repeat(p).take(c as usize))
     }
 
-    /// How often `draw` holds the record at `position`.
-    pub fn count(&self, draw: &Draw, position: usize) -> u32 {
-        draw.0[self.family][self.entries[position] as usize]
-    }
 
     /// The position of universe entry `u` among the set's records, if it has it.
     pub fn lookup(&self, u: u32) -> Option<usize> {

@@ -16,7 +16,7 @@ use crate::benchmark::{Decision, Mapping, MappingRules};
 use crate::corrupt::{CorruptOptions, Corruption};
 use crate::data::{self, Labels, Source};
 use crate::grad::GradModel;
-use crate::protocol::{Attack, OodSet, Pipeline, ProbeSet, Shard};
+use crate::protocol::{Attack, OodSet, Outputs, Pipeline, ProbeSet, Shard};
 use crate::synth::Split;
 
 /// A model's sidecar `<stem>.json`: what the file alone cannot say.
@@ -181,7 +181,7 @@ pub(super) const ATTACKS: [Attack; 2] = [Attack::Fgsm, Attack::Pgd];
 
 /// Opens every probe set the arguments ask for, before any image runs, so a
 /// bad folder or file name fails the run at once rather than half-way.
-pub(super) fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_classes: usize) -> Result<Plan> {
+pub(super) fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_classes: usize, outputs: Outputs) -> Result<Plan> {
     let mut probes = Vec::new();
     // ImageNet folders are named by wnid (or by index, as ImageNet-V2's), so
     // a subset of the classes keeps its labels and absent classes are simply
@@ -265,7 +265,7 @@ pub(super) fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_cl
     }
     let attacks = if args.wants(ProbeGroup::Adversarial) {
         // Built now, so an op we cannot differentiate stops the run before any image.
-        let grad = GradModel::load(model, args.batch).context("adversarial robustness needs the model's input gradient")?;
+        let grad = GradModel::load_for(model, args.batch, outputs).context("adversarial robustness needs the model's input gradient")?;
         let per_class = args.attack_per_class.or(args.is_synth().then_some(SYNTH_ATTACK_PER_CLASS));
         Some(Attacks { ids: clean.stratified_ids(per_class, args.seed), grad, config: AttackConfig::protocol(args.adversarial_mode) })
     } else {

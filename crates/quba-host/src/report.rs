@@ -743,6 +743,7 @@ impl Report {
                         "pipeline": h.pipeline,
                         "decoder": h.decoder,
                         "mapping": h.mapping,
+                        "outputs": h.outputs,
                         "corruption_source": h.corruption_source,
                         "adversarial_mode": h.adversarial_mode,
                         "gradient": h.gradient,

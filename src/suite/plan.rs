@@ -136,6 +136,8 @@ pub(super) struct Plan {
     pub(super) generated: Option<Generated>,
     pub(super) corruption_source: String,
     pub(super) attacks: Option<Attacks>,
+    /// Why the attacks asked for cannot run (no input gradient); empty otherwise.
+    pub(super) attacks_unavailable: String,
     /// Of the whole run, taken before sharding, so every shard of one run carries the same.
     pub(super) fingerprint: String,
 }
@@ -263,11 +265,23 @@ pub(super) fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_cl
             generated = Some(Generated { ids: clean.stratified_ids(per_class, args.seed), cells, options });
         }
     }
+    let mut attacks_unavailable = String::new();
     let attacks = if args.wants(ProbeGroup::Adversarial) {
-        // Built now, so an op we cannot differentiate stops the run before any image.
-        let grad = GradModel::load_for(model, args.batch, outputs).context("adversarial robustness needs the model's input gradient")?;
-        let per_class = args.attack_per_class.or(args.is_synth().then_some(SYNTH_ATTACK_PER_CLASS));
-        Some(Attacks { ids: clean.stratified_ids(per_class, args.seed), grad, config: AttackConfig::protocol(args.adversarial_mode) })
+        // Built before any image. A model we cannot differentiate (an op
+        // without a gradient rule, a shape we cannot infer) loses only this
+        // dimension: the other eight are still measured, and the reason,
+        // which names the node, travels in the header to the report.
+        match GradModel::load_for(model, args.batch, outputs) {
+            Ok(grad) => {
+                let per_class = args.attack_per_class.or(args.is_synth().then_some(SYNTH_ATTACK_PER_CLASS));
+                Some(Attacks { ids: clean.stratified_ids(per_class, args.seed), grad, config: AttackConfig::protocol(args.adversarial_mode) })
+            }
+            Err(e) => {
+                attacks_unavailable = format!("{e:#}");
+                eprintln!("warning: no adversarial attacks, the other probes run: {attacks_unavailable}");
+                None
+            }
+        }
     } else {
         None
     };
@@ -280,6 +294,7 @@ pub(super) fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_cl
         generated,
         corruption_source,
         attacks,
+        attacks_unavailable,
         fingerprint: String::new(),
     };
     if plan.sets().is_empty() {

@@ -83,6 +83,7 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
         attack_per_class: suite.attack_per_class.map(|n| n as u32),
         shard: suite.shard,
         outputs: engine.outputs,
+        attacks_unavailable: plan.attacks_unavailable.clone(),
     };
     // Read before the header goes out: a bad list must not restart the stream.
     let done = Done::load(args.resume_from.as_deref())?;

@@ -54,6 +54,7 @@ pub fn full_header() -> Header {
         attack_per_class: Some(2),
         shard: Some(Shard { index: 1, count: 4 }),
         outputs: Outputs::SoftmaxInGraph,
+        attacks_unavailable: "no".into(),
     }
 }
 

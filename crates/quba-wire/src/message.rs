@@ -330,6 +330,11 @@ pub struct Header {
     /// Whether output 0 gave logits or probabilities, and how that was told.
     #[serde(default)]
     pub outputs: Outputs,
+    /// Why the adversarial probes asked for did not run (the model's input
+    /// gradient could not be built; names the node and its op); empty when
+    /// they ran or were not asked for.
+    #[serde(default)]
+    pub attacks_unavailable: String,
 }
 
 /// One of N disjoint slices of a run (`--shard K/N`). K counts from 0, as
@@ -549,6 +554,7 @@ mod tests {
             &[0x01, 0x02],                                  // attack_per_class Some(2)
             &[0x01, 0x01, 0x04],                            // shard Some(Shard { 1, 4 })
             &[0x01],                                        // outputs SoftmaxInGraph
+            &[0x02], b"no",                                 // attacks_unavailable
         ]
         .concat()
     }

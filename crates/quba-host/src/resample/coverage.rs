@@ -255,6 +255,7 @@ fn header() -> Header {
         attack_per_class: Some(ATTACK_PER_CLASS as u32),
         shard: None,
         outputs: Outputs::Logits,
+        attacks_unavailable: String::new(),
     }
 }
 

@@ -212,7 +212,8 @@ pub(super) fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_cl
         let decision = mapping.decision(set);
         let labels = Labels {
             categories: mapping.categories(set, &clean_classes),
-            expected: mapping.expected_folders(set),
+            expected: None,
+            numbered: mapping.numbered_folders(set),
             cue_conflict: set == ProbeSet::CueConflict,
             index_folders: false,
         };

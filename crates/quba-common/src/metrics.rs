@@ -681,10 +681,18 @@ mod tests {
 
     #[test]
     fn ace_class_without_positive_probability_counts_as_zero() {
-        // Third class has p = 0 everywhere → error 0, but K = 3 divides:
-        // the two-class case above (.25) becomes .5/3.
-        let p = [0.9f32, 0.1, 0.0, 0.8, 0.2, 0.0, 0.3, 0.7, 0.0, 0.4, 0.6, 0.0];
-        assert_close!(ace(&p, 3, &[0, 1, 1, 0], 2), 0.5 / 3.0, 1e-6);
+        // Rows [.9,.1,0] [.8,.2,0] [.3,.7,0] [.4,.6,0] [.5,.5,0], labels
+        // 0 1 1 0 2, 2 bins. Class 2 is labelled once but has p = 0
+        // everywhere → error 0, and it still divides.
+        // Class 0: sorted .3(t0) .4(t1) .5(t0) .8(t0) .9(t1); positions
+        //   round(linspace(0,5,2,endpoint=False)) = [0, 2] (2.5 to even) →
+        //   upper [.5, 1.0]. Bin0 {.3,.4}: |.5 − .35|·2/5 = .06; bin1
+        //   {.5,.8,.9}: |1/3 − .7333|·3/5 = .24 → .30.
+        // Class 1: sorted .1(t0) .2(t1) .5(t0) .6(t0) .7(t1); upper [.5, 1.0].
+        //   Bin0: |.5 − .15|·2/5 = .14; bin1: |1/3 − .6|·3/5 = .16 → .30.
+        // ACE = (.30 + .30 + 0)/3 = .2.
+        let p = [0.9f32, 0.1, 0.0, 0.8, 0.2, 0.0, 0.3, 0.7, 0.0, 0.4, 0.6, 0.0, 0.5, 0.5, 0.0];
+        assert_close!(ace(&p, 3, &[0, 1, 1, 0, 2], 2), 0.2, 1e-6);
         assert!(ace(&[], 3, &[], 15).is_nan());
     }
 

@@ -125,6 +125,8 @@ fn write_stream(path: &str, n: u32) {
         corruption_per_class: None,
         attack_per_class: None,
         shard: None,
+        outputs: Default::default(),
+        attacks_unavailable: String::new(),
     };
     let mut enc = FrameEncoder::new();
     let mut out = BufWriter::new(File::create(path).unwrap_or_else(|e| panic!("{path}: {e}")));

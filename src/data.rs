@@ -42,6 +42,9 @@ pub struct Labels {
     /// A folder named by a label index (`0` … `999`, ImageNet-V2's layout)
     /// also names that category.
     pub index_folders: bool,
+    /// Folders are `<n>_<name>` and n, below this count, is the label
+    /// (ImageNet-9); only where `categories` is `None`.
+    pub numbered: Option<usize>,
 }
 
 /// An ImageFolder tree: one folder per class, class index = sorted folder order.
@@ -87,9 +90,10 @@ impl ImageFolder {
                 );
             }
         }
-        let labels: Vec<u16> = match &spec.categories {
-            None => (0..classes.len() as u16).collect(),
-            Some(cats) => classes
+        let labels: Vec<u16> = match (&spec.categories, spec.numbered) {
+            (None, Some(count)) => numbered_labels(root, &classes, count)?,
+            (None, None) => (0..classes.len() as u16).collect(),
+            (Some(cats), _) => classes
                 .iter()
                 .map(|c| {
                     let index = || c.parse::<usize>().ok().filter(|&i| spec.index_folders && i < cats.len() && c == &i.to_string());
@@ -348,6 +352,23 @@ impl Source {
             ),
         }
     }
+}
+
+/// Labels of `<n>_<name>` folders: n, below `count`, each at most once.
+fn numbered_labels(root: &Path, classes: &[String], count: usize) -> Result<Vec<u16>> {
+    let mut seen = vec![None::<&str>; count];
+    classes
+        .iter()
+        .map(|c| {
+            let n = c.split_once('_').and_then(|(n, _)| n.parse::<usize>().ok()).filter(|&n| n < count).with_context(|| {
+                format!("{}: folder {c:?} is not named <n>_<category> with n from 0 to {}, as ImageNet-9's are (00_dog … 08_fish)", root.display(), count - 1)
+            })?;
+            if let Some(first) = seen[n].replace(c) {
+                bail!("{}: folders {first:?} and {c:?} both number category {n}", root.display());
+            }
+            Ok(n as u16)
+        })
+        .collect()
 }
 
 /// The texture category of a cue-conflict file, checked against its folder.

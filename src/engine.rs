@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
-use crate::protocol::{Backend, Precision};
+use crate::protocol::{Backend, Outputs, Precision};
 
 pub(crate) type Plan = Arc<TypedRunnableModel>;
 
@@ -23,6 +23,8 @@ pub struct OnnxFacts {
     pub precision: Precision,
     /// `qdq`, `qoperator`, or empty for fp32.
     pub int8_format: String,
+    /// The Softmax node whose probabilities are output 0, if the graph ends in one.
+    pub final_softmax: Option<String>,
 }
 
 pub struct Engine {
@@ -31,6 +33,8 @@ pub struct Engine {
     pub side: usize,
     pub num_classes: usize,
     pub facts: OnnxFacts,
+    /// Whether output 0 holds logits or probabilities already.
+    pub outputs: Outputs,
     /// Where the plan's nodes run, for GPU backends.
     pub placement: Option<crate::cuda::Placement>,
     /// Convolutions running on quba's integer kernels (0 for fp32 models and
@@ -107,11 +111,32 @@ impl Engine {
             }
         };
         let integer_convs = plan.model().nodes().iter().filter(|n| n.op_is::<crate::int8::QConvOp>()).count();
-        Ok(Engine { plan, batch, side, num_classes, facts, placement, integer_convs })
+        let mut engine = Engine { plan, batch, side, num_classes, facts, outputs: Outputs::Logits, placement, integer_convs };
+        engine.outputs = if engine.facts.final_softmax.is_some() {
+            Outputs::SoftmaxInGraph
+        } else if engine.rows_sum_to_one()? {
+            Outputs::RowsSumToOne
+        } else {
+            Outputs::Logits
+        };
+        Ok(engine)
+    }
+
+    /// One pass on the mean image (all zeros once normalised): a softmax
+    /// gives rows that are non-negative and sum to 1 for any input, which
+    /// logits do not do by accident. Catches a softmax the graph spells out
+    /// in other ops (Exp, ReduceSum, Div) or hides in a custom op.
+    fn rows_sum_to_one(&self) -> Result<bool> {
+        let input = vec![0f32; self.batch * 3 * self.side * self.side];
+        let out = self.logits(&input, self.batch).context("a first forward pass on a blank image failed")?;
+        Ok(out.chunks_exact(self.num_classes).all(|row| {
+            row.iter().all(|&p| p.is_finite() && p >= 0.0) && (row.iter().map(|&p| p as f64).sum::<f64>() - 1.0).abs() <= 1e-3
+        }))
     }
 
     /// Runs `n ≤ batch` images laid out back to back in `input` (the rest of
-    /// the batch, if any, is padding) and returns n·classes logits.
+    /// the batch, if any, is padding) and returns n·classes rows of output 0:
+    /// logits, or probabilities where [`Engine::outputs`] says so.
     pub fn logits(&self, input: &[f32], n: usize) -> Result<Vec<f32>> {
         let per = 3 * self.side * self.side;
         debug_assert_eq!(input.len(), self.batch * per);
@@ -162,6 +187,29 @@ pub fn read_facts(path: &Path) -> Result<OnnxFacts> {
 fn facts_of_proto(proto: &pb::ModelProto, path: &Path) -> Result<OnnxFacts> {
     let graph = proto.graph.as_ref().with_context(|| format!("{}: ONNX file has no graph", path.display()))?;
     Ok(facts_of_graph(graph))
+}
+
+/// The Softmax over the class axis that produces output 0, looking through
+/// nodes that move values without changing them (an int8 export's
+/// quantise/dequantise pair, Identity, Flatten, Reshape, Squeeze). A softmax
+/// elsewhere (inside attention) is not one.
+pub fn final_softmax(graph: &pb::GraphProto) -> Option<&pb::NodeProto> {
+    let mut name = graph.output.first()?.name.as_str();
+    loop {
+        let node = graph.node.iter().find(|n| n.output.first().is_some_and(|o| o == name))?;
+        match node.op_type.as_str() {
+            "Softmax" => {
+                let axis = node.attribute.iter().find(|a| a.name == "axis").map_or(-1, |a| a.i);
+                // Output 0 is checked to be [batch, classes] when loaded, so
+                // the class axis is 1 or, counted from the end, -1.
+                return matches!(axis, 1 | -1).then_some(node);
+            }
+            "QuantizeLinear" | "DequantizeLinear" | "Identity" | "Flatten" | "Reshape" | "Squeeze" => {
+                name = node.input.first()?.as_str();
+            }
+            _ => return None,
+        }
+    }
 }
 
 fn read_proto(path: &Path) -> Result<pb::ModelProto> {
@@ -222,7 +270,7 @@ fn facts_of_graph(graph: &pb::GraphProto) -> OnnxFacts {
         (false, true) => (Precision::Int8, "qdq"),
         _ => (Precision::Fp32, ""),
     };
-    OnnxFacts { parameters, precision, int8_format: int8_format.into() }
+    OnnxFacts { parameters, precision, int8_format: int8_format.into(), final_softmax: final_softmax(graph).map(|n| n.name.clone()) }
 }
 
 #[cfg(test)]
@@ -249,5 +297,31 @@ mod parameter_tests {
             ..Default::default()
         };
         assert_eq!(facts_of_graph(&graph).parameters, 232);
+    }
+}
+
+#[cfg(test)]
+mod softmax_tests {
+    use super::*;
+
+    fn node(op: &str, input: &str, output: &str, axis: Option<i64>) -> pb::NodeProto {
+        let attribute = axis.map(|i| pb::AttributeProto { name: "axis".into(), r#type: 2, i, ..Default::default() }).into_iter().collect();
+        pb::NodeProto { op_type: op.into(), name: output.into(), input: vec![input.into()], output: vec![output.into()], attribute, ..Default::default() }
+    }
+
+    fn graph(nodes: Vec<pb::NodeProto>) -> pb::GraphProto {
+        let out = nodes.last().unwrap().output[0].clone();
+        pb::GraphProto { node: nodes, output: vec![pb::ValueInfoProto { name: out, ..Default::default() }], ..Default::default() }
+    }
+
+    #[test]
+    fn a_softmax_is_final_behind_qdq_and_shape_ops_but_not_inside_the_graph() {
+        let found = |nodes| final_softmax(&graph(nodes)).map(|n| n.name.clone());
+        assert_eq!(found(vec![node("Gemm", "x", "logits", None), node("Softmax", "logits", "p", None)]), Some("p".into()));
+        assert_eq!(found(vec![node("Softmax", "logits", "p", Some(1)), node("QuantizeLinear", "p", "q", None), node("DequantizeLinear", "q", "dq", None), node("Flatten", "dq", "out", None)]), Some("p".into()));
+        // Over another axis, or followed by an op that changes values, it is not the output.
+        assert_eq!(found(vec![node("Softmax", "logits", "p", Some(0))]), None);
+        assert_eq!(found(vec![node("Softmax", "scores", "attn", Some(-1)), node("MatMul", "attn", "out", None)]), None);
+        assert_eq!(found(vec![node("Softmax", "logits", "p", None), node("Log", "p", "out", None)]), None);
     }
 }

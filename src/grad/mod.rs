@@ -150,7 +150,13 @@ pub fn build(model: &pb::ModelProto) -> Result<(pb::ModelProto, GradInfo)> {
     let facts = Facts::collect(graph, &input.name, in_shape.clone())?;
 
     let out = graph.output.first().context("the model has no output")?;
-    let logits = out.name.as_str();
+    // A model that ends in its softmax is differentiated from the softmax's
+    // input: the loss below applies its own, and a second one would flatten
+    // the gradient it follows.
+    let logits = match crate::engine::final_softmax(graph) {
+        Some(softmax) => softmax.input.first().context("a Softmax node without input")?.as_str(),
+        None => out.name.as_str(),
+    };
 
     // Nodes on a path input → logits; only they are differentiated.
     let mut requires: HashSet<String> = HashSet::from([input.name.clone()]);
@@ -334,7 +340,28 @@ pub struct GradModel {
 impl GradModel {
     /// Builds the gradient graph of the model at `path` for `batch` images.
     pub fn load(path: &Path, batch: usize) -> Result<GradModel> {
-        let proto = read_model(path)?;
+        Self::load_for(path, batch, crate::protocol::Outputs::Logits)
+    }
+
+    /// As [`GradModel::load`] for a model whose output 0 holds probabilities
+    /// without ending in a Softmax node (`Outputs::RowsSumToOne`): the loss
+    /// then starts from their logarithm, since softmax(log p) = p, where a
+    /// softmax of p itself would follow a flattened gradient.
+    pub fn load_for(path: &Path, batch: usize, outputs: crate::protocol::Outputs) -> Result<GradModel> {
+        let mut proto = read_model(path)?;
+        if outputs == crate::protocol::Outputs::RowsSumToOne {
+            let g = proto.graph.as_mut().context("the ONNX model has no graph")?;
+            let out = g.output.first_mut().context("the model has no output")?;
+            let log = format!("{}/log", out.name);
+            g.node.push(NodeProto {
+                op_type: "Log".into(),
+                name: log.clone(),
+                input: vec![out.name.clone()],
+                output: vec![log.clone()],
+                ..Default::default()
+            });
+            out.name = log;
+        }
         Self::from_proto(&proto, batch).with_context(|| format!("{}: cannot build its input gradient", path.display()))
     }
 

@@ -37,6 +37,7 @@ pub const SUPPORTED: &[&str] = &[
     "HardSwish",
     "Identity",
     "LayerNormalization",
+    "Log",
     "LogSoftmax",
     "MatMul",
     "MaxPool",
@@ -161,6 +162,7 @@ pub fn backward(cx: &mut Ctx, node: &NodeProto, dys: &[Option<String>]) -> Resul
             one(b.mul(&dy, &d))
         }
         "Exp" => one(b.mul(&dy, y)),
+        "Log" => one(b.op("Div", &[&dy, x], vec![])),
         "Neg" => one(b.scale(&dy, -1.0)),
         "Add" | "Sub" | "Mul" | "Div" => binary(cx, node, &dy),
         "Conv" => conv(cx, node, &dy),

@@ -16,7 +16,7 @@ use crate::benchmark::{Decision, Mapping, MappingRules};
 use crate::corrupt::{CorruptOptions, Corruption};
 use crate::data::{self, Labels, Source};
 use crate::grad::GradModel;
-use crate::protocol::{Attack, OodSet, Pipeline, ProbeSet, Shard};
+use crate::protocol::{Attack, OodSet, Outputs, Pipeline, ProbeSet, Shard};
 use crate::synth::Split;
 
 /// A model's sidecar `<stem>.json`: what the file alone cannot say.
@@ -136,6 +136,8 @@ pub(super) struct Plan {
     pub(super) generated: Option<Generated>,
     pub(super) corruption_source: String,
     pub(super) attacks: Option<Attacks>,
+    /// Why the attacks asked for cannot run (no input gradient); empty otherwise.
+    pub(super) attacks_unavailable: String,
     /// Of the whole run, taken before sharding, so every shard of one run carries the same.
     pub(super) fingerprint: String,
 }
@@ -181,7 +183,7 @@ pub(super) const ATTACKS: [Attack; 2] = [Attack::Fgsm, Attack::Pgd];
 
 /// Opens every probe set the arguments ask for, before any image runs, so a
 /// bad folder or file name fails the run at once rather than half-way.
-pub(super) fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_classes: usize) -> Result<Plan> {
+pub(super) fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_classes: usize, outputs: Outputs) -> Result<Plan> {
     let mut probes = Vec::new();
     // ImageNet folders are named by wnid (or by index, as ImageNet-V2's), so
     // a subset of the classes keeps its labels and absent classes are simply
@@ -210,7 +212,8 @@ pub(super) fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_cl
         let decision = mapping.decision(set);
         let labels = Labels {
             categories: mapping.categories(set, &clean_classes),
-            expected: mapping.expected_folders(set),
+            expected: None,
+            numbered: mapping.numbered_folders(set),
             cue_conflict: set == ProbeSet::CueConflict,
             index_folders: false,
         };
@@ -263,11 +266,23 @@ pub(super) fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_cl
             generated = Some(Generated { ids: clean.stratified_ids(per_class, args.seed), cells, options });
         }
     }
+    let mut attacks_unavailable = String::new();
     let attacks = if args.wants(ProbeGroup::Adversarial) {
-        // Built now, so an op we cannot differentiate stops the run before any image.
-        let grad = GradModel::load(model, args.batch).context("adversarial robustness needs the model's input gradient")?;
-        let per_class = args.attack_per_class.or(args.is_synth().then_some(SYNTH_ATTACK_PER_CLASS));
-        Some(Attacks { ids: clean.stratified_ids(per_class, args.seed), grad, config: AttackConfig::protocol(args.adversarial_mode) })
+        // Built before any image. A model we cannot differentiate (an op
+        // without a gradient rule, a shape we cannot infer) loses only this
+        // dimension: the other eight are still measured, and the reason,
+        // which names the node, travels in the header to the report.
+        match GradModel::load_for(model, args.batch, outputs) {
+            Ok(grad) => {
+                let per_class = args.attack_per_class.or(args.is_synth().then_some(SYNTH_ATTACK_PER_CLASS));
+                Some(Attacks { ids: clean.stratified_ids(per_class, args.seed), grad, config: AttackConfig::protocol(args.adversarial_mode) })
+            }
+            Err(e) => {
+                attacks_unavailable = format!("{e:#}");
+                eprintln!("warning: no adversarial attacks, the other probes run: {attacks_unavailable}");
+                None
+            }
+        }
     } else {
         None
     };
@@ -280,6 +295,7 @@ pub(super) fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_cl
         generated,
         corruption_source,
         attacks,
+        attacks_unavailable,
         fingerprint: String::new(),
     };
     if plan.sets().is_empty() {

@@ -41,7 +41,7 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
     }
     let benchmark = suite.benchmark();
     let mapping = Mapping::for_benchmark(&benchmark);
-    let plan = open_plan(suite, &args.model, mapping, engine.num_classes)?;
+    let plan = open_plan(suite, &args.model, mapping, engine.num_classes, engine.outputs)?;
     let sets = plan.sets();
     let model_name = meta_name.unwrap_or_else(|| {
         args.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
@@ -82,6 +82,8 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
         corruption_per_class: suite.corruption_per_class.map(|n| n as u32),
         attack_per_class: suite.attack_per_class.map(|n| n as u32),
         shard: suite.shard,
+        outputs: engine.outputs,
+        attacks_unavailable: plan.attacks_unavailable.clone(),
     };
     // Read before the header goes out: a bad list must not restart the stream.
     let done = Done::load(args.resume_from.as_deref())?;
@@ -259,8 +261,13 @@ impl Ctx<'_> {
             }
             let mut probs = Probs::new();
             probs.extend_from_slice(row).expect("num_classes ≤ MAX_CLASSES checked above");
-            softmax_in_place(&mut probs);
-            let d = decision.decide_logits(row, &probs, l.label, &mut s.scores);
+            let d = if self.engine.outputs.are_probabilities() {
+                // Taken as given: a second softmax would flatten them.
+                decision.decide(&probs, l.label, &mut s.scores)
+            } else {
+                softmax_in_place(&mut probs);
+                decision.decide_logits(row, &probs, l.label, &mut s.scores)
+            };
             let rec = Record {
                 set,
                 sample: id,

@@ -251,9 +251,37 @@ fn bad_dataset_layouts_are_named() {
     image_of(&f.imagenet_r.join("n01440764"), "a.png", 0);
     fails_naming(&f, &dir, "folder \"n01440764\" is not one of this dataset's 200 categories");
     std::fs::remove_dir_all(f.imagenet_r.join("n01440764")).unwrap();
-    // ImageNet-9 with a class folder missing would shift labels.
-    std::fs::remove_dir_all(f.bg.join("mixed_rand/val/8_fish")).unwrap();
-    fails_naming(&f, &dir, "has 8 class folders");
+    // ImageNet-9 folders are numbered (a subset keeps its labels by the
+    // number): a folder without one, or a number given twice, is refused.
+    image_of(&f.bg.join("mixed_rand/val/fish"), "a.png", 0);
+    fails_naming(&f, &dir, "folder \"fish\" is not named <n>_<category>");
+    std::fs::remove_dir_all(f.bg.join("mixed_rand/val/fish")).unwrap();
+    image_of(&f.bg.join("mixed_rand/val/08_fish"), "a.png", 0);
+    fails_naming(&f, &dir, "both number category 8");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two of ImageNet-9's nine folders, named as two releases name them
+/// (`3_reptile`, `07_primate`): labelled by their numbers, they give the
+/// numbers of the whole fixture's design (sorted order would call them 0
+/// and 1, and every decision would be wrong).
+#[test]
+fn an_imagenet9_subset_keeps_its_labels() {
+    let t = tables();
+    let dir = tmp!("in9-subset");
+    let f = build(&t, &dir);
+    for split in ["mixed_same/val", "mixed_rand/val"] {
+        for n in ["0_dog", "1_bird", "2_wheeled vehicle", "4_carnivore", "5_insect", "6_musical instrument", "8_fish"] {
+            std::fs::remove_dir_all(f.bg.join(split).join(n)).unwrap();
+        }
+        std::fs::rename(f.bg.join(split).join("7_primate"), f.bg.join(split).join("07_primate")).unwrap();
+    }
+    let out = eval(&f, &dir.join("runs"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let res: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parts = &res["models"][0]["parts"];
+    close(parts["mixed_same_accuracy"].as_f64().unwrap(), 1.0, "mixed_same (2 folders)");
+    close(parts["mixed_rand_accuracy"].as_f64().unwrap(), 1.0 / 3.0, "mixed_rand (2 folders)");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -347,6 +375,30 @@ fn an_imagenet_subset_is_labelled_by_wnid_or_by_index() {
         let warnings = res["warnings"].to_string();
         assert!(warnings.contains("(4 of 1000)"), "{layout}: {warnings}");
     }
+    // An ImageNet-C tree of the same subset: its cell holds only these
+    // classes' folders (the same images, so the cell's accuracy is 4/5 too).
+    let c = dir.join("wnid/imagenet-c/gaussian_noise/1");
+    for &j in &classes {
+        image_of(&c.join(wnid(j)), "a.png", j);
+    }
+    image_of(&c.join(wnid(500)), "b.png", 501);
+    let out = Command::new(QUBA)
+        .arg("eval")
+        .arg("--model")
+        .arg(root().join("tests/data/colour/colour-1000.onnx"))
+        .args(["--benchmark", "imagenet", "--json", "--bootstrap", "0", "--probes", "clean,corruption"])
+        .args(["--corruptions", "gaussian_noise", "--severities", "1", "--data"])
+        .arg(dir.join("wnid/val"))
+        .arg("--imagenet-c")
+        .arg(dir.join("wnid/imagenet-c"))
+        .arg("--runs-dir")
+        .arg(dir.join("wnid/runs-c"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let res: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parts = &res["models"][0]["parts"];
+    close(parts["corruption_gaussian_noise_1_accuracy"].as_f64().unwrap(), 0.8, "ImageNet-C subset cell");
     // A class folder that holds no image at all: named, not an empty run.
     let empty = dir.join("empty/val");
     std::fs::create_dir_all(empty.join(wnid(3))).unwrap();

@@ -41,3 +41,29 @@ fn batch_mismatch_and_bad_labels_are_errors() {
     let (logits, grad) = m.logits_and_grad(&x, &[0, 1]).unwrap();
     assert_eq!((logits.len(), grad.len()), (2 * m.num_classes(), x.len()));
 }
+
+/// A model whose gradient cannot be built loses the adversarial dimension
+/// only: the run goes on, the other dimensions are measured, and the reason
+/// names the node and its op type (issue: never a crash, never a silent zero).
+#[test]
+fn an_undifferentiable_model_is_evaluated_without_its_attacks() {
+    let dir = crate::util::tmp_dir("grad_errors", "no_attacks");
+    let out = std::process::Command::new(crate::util::QUBA)
+        .args(["eval", "--model"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/tiny-cnn.int8-qop.onnx"))
+        .arg("--data")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny/val"))
+        .args(["--probes", "clean,adversarial", "--per-class", "2", "--json", "--bootstrap", "0", "--runs-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = &v["models"][0];
+    assert!(m["dimensions"]["accuracy"].as_f64().is_some(), "{m}");
+    assert!(m["dimensions"]["adversarial_robustness"].is_null(), "{m}");
+    let why = m["missing"]["adversarial_robustness"].as_str().unwrap();
+    assert!(why.contains("could not attack") && why.contains("op type QLinearConv") && why.contains("node '"), "{why}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

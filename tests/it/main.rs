@@ -24,5 +24,6 @@ mod qemu;
 mod qemu_corrupt;
 mod resume;
 mod shard;
+mod softmax_outputs;
 mod spine;
 mod ssh;

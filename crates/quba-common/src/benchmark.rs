@@ -112,7 +112,7 @@ pub use crate::protocol::Mapping;
 pub trait MappingRules: Copy {
     fn decision(self, set: ProbeSet) -> Decision;
     fn categories(self, set: ProbeSet, clean_classes: &[String]) -> Option<Vec<String>>;
-    fn expected_folders(self, set: ProbeSet) -> Option<usize>;
+    fn numbered_folders(self, set: ProbeSet) -> Option<usize>;
 }
 
 impl MappingRules for Mapping {
@@ -142,9 +142,11 @@ impl MappingRules for Mapping {
         }
     }
 
-    /// How many label folders a dataset of `set` must have when `categories`
-    /// does not name them.
-    fn expected_folders(self, set: ProbeSet) -> Option<usize> {
+    /// Where a dataset of `set` names its folders `<n>_<name>` and the
+    /// number n (below the returned count) is the label: ImageNet-9, whose
+    /// releases spell the names differently (`00_dog`, `0_dog`) but always
+    /// number them, so a subset of its nine folders keeps its labels.
+    fn numbered_folders(self, set: ProbeSet) -> Option<usize> {
         match self.decision(set) {
             Decision::Lookup(_, k) => Some(k),
             _ => None,

@@ -164,9 +164,11 @@ pub fn reliability_bins(confidences: &[f64], correct: &[bool], bins: usize) -> V
 /// are dropped, so n varies per class) with targets `1[y = k]`; upper bin
 /// edges are the sorted values at positions `round(linspace(0, n, bins,
 /// endpoint=False))[1..]`, then 1.0; `error_k = Σ_b (n_b/n)·|mean t_b −
-/// mean p_b|`. ACE is the mean of `error_k` over all K classes — a class
-/// with no positive probability counts as error 0 but still counts in K, as
-/// in the study.
+/// mean p_b|`. ACE is the mean of `error_k` over the classes the labels
+/// hold — on the study's whole ImageNet val that is all K, and a class with
+/// no positive probability counts as error 0 but still counts, as in the
+/// study; on a subset, classes no label holds are left out (docs/protocol.md,
+/// "Subsets").
 ///
 /// Two details of the study's code that docs/protocol.md's wording leaves open,
 /// both followed here because they move the number:
@@ -200,7 +202,16 @@ pub fn ace(probs: &[f32], num_classes: usize, labels: &[usize], bins: usize) -> 
     let mut sum_p = vec![0.0f64; bins + 1];
     let mut sum_t = vec![0.0f64; bins + 1];
     let mut total = 0.0f64;
-    for class in 0..k {
+    // The mean runs over the classes the labels hold. On a whole benchmark
+    // (the study's ImageNet val) that is every class; on a subset (4 of
+    // ImageNet's 1000) an absent class has no positives, its error is only
+    // its mean probability, and dividing by 1000 would shrink the present
+    // classes' errors 250-fold.
+    let mut present = vec![false; k];
+    for &y in labels {
+        present[y] = true;
+    }
+    for class in (0..k).filter(|&c| present[c]) {
         col.clear();
         for (i, &y) in labels.iter().enumerate() {
             let p = probs[i * k + class];
@@ -238,7 +249,7 @@ pub fn ace(probs: &[f32], num_classes: usize, labels: &[usize], bins: usize) -> 
         }
         total += err;
     }
-    total / k as f64
+    total / present.iter().filter(|&&p| p).count() as f64
 }
 
 /// Upper edges for equal-mass bins over sorted `col` (non-empty): the values
@@ -625,6 +636,18 @@ mod tests {
     }
 
     #[test]
+    fn ace_averages_over_the_classes_present() {
+        // The two-class case above (ACE .25) with a third class that no
+        // label holds, whatever probability it gets: still .25, not the
+        // .25·2/3 of a mean over every output class.
+        let p = [0.9f32, 0.1, 0.0, 0.8, 0.2, 0.0, 0.3, 0.7, 0.0, 0.4, 0.6, 0.0];
+        assert_close!(ace(&p, 3, &[0, 1, 1, 0], 2), 0.25, 1e-6);
+        let q = [0.8f32, 0.1, 0.1, 0.7, 0.2, 0.1, 0.2, 0.7, 0.1, 0.3, 0.6, 0.1];
+        let two = [0.8f32, 0.1, 0.7, 0.2, 0.2, 0.7, 0.3, 0.6];
+        assert_close!(ace(&q, 3, &[0, 1, 1, 0], 2), ace(&two, 2, &[0, 1, 1, 0], 2), 1e-12);
+    }
+
+    #[test]
     fn ace_ties_at_an_edge_all_go_up() {
         // Rows [.5,.5] ×3 then [.9,.1]; labels 0 1 1 0; 2 bins.
         // Class 0: sorted .5 .5 .5 .9, positions [0,2] → upper [.5, 1.0]:
@@ -658,10 +681,18 @@ mod tests {
 
     #[test]
     fn ace_class_without_positive_probability_counts_as_zero() {
-        // Third class has p = 0 everywhere → error 0, but K = 3 divides:
-        // the two-class case above (.25) becomes .5/3.
-        let p = [0.9f32, 0.1, 0.0, 0.8, 0.2, 0.0, 0.3, 0.7, 0.0, 0.4, 0.6, 0.0];
-        assert_close!(ace(&p, 3, &[0, 1, 1, 0], 2), 0.5 / 3.0, 1e-6);
+        // Rows [.9,.1,0] [.8,.2,0] [.3,.7,0] [.4,.6,0] [.5,.5,0], labels
+        // 0 1 1 0 2, 2 bins. Class 2 is labelled once but has p = 0
+        // everywhere → error 0, and it still divides.
+        // Class 0: sorted .3(t0) .4(t1) .5(t0) .8(t0) .9(t1); positions
+        //   round(linspace(0,5,2,endpoint=False)) = [0, 2] (2.5 to even) →
+        //   upper [.5, 1.0]. Bin0 {.3,.4}: |.5 − .35|·2/5 = .06; bin1
+        //   {.5,.8,.9}: |1/3 − .7333|·3/5 = .24 → .30.
+        // Class 1: sorted .1(t0) .2(t1) .5(t0) .6(t0) .7(t1); upper [.5, 1.0].
+        //   Bin0: |.5 − .15|·2/5 = .14; bin1: |1/3 − .6|·3/5 = .16 → .30.
+        // ACE = (.30 + .30 + 0)/3 = .2.
+        let p = [0.9f32, 0.1, 0.0, 0.8, 0.2, 0.0, 0.3, 0.7, 0.0, 0.4, 0.6, 0.0, 0.5, 0.5, 0.0];
+        assert_close!(ace(&p, 3, &[0, 1, 1, 0, 2], 2), 0.2, 1e-6);
         assert!(ace(&[], 3, &[], 15).is_nan());
     }
 

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::compare::{self, CompareOptions, Comparison, Verdict};
 use crate::metrics::ReliabilityBin;
-use crate::protocol::{Precision, CORRUPTIONS};
+use crate::protocol::{Outputs, Precision, CORRUPTIONS};
 use crate::quba::{Dimension, Normalisation, TableRow};
 use crate::report::{self, CueCategory, Report, Run};
 
@@ -750,6 +750,11 @@ fn protocol(rep: &Report) -> String {
             h.decoder
         )
         .to_lowercase();
+        let pipeline = match h.outputs {
+            Outputs::Logits => pipeline,
+            Outputs::SoftmaxInGraph => format!("{pipeline} · output: probabilities (graph ends in softmax)"),
+            Outputs::RowsSumToOne => format!("{pipeline} · output: probabilities (rows sum to 1)"),
+        };
         let adversarial = if h.adversarial_mode.is_empty() { "—".into() } else { format!("{} mode · gradient {}", esc(&h.adversarial_mode), or_dash(&h.gradient)) };
         let subset = format!("{} per class · {} samples", h.per_class.map(|n| n.to_string()).unwrap_or("all".into()), h.samples);
         let fp = &h.dataset_fingerprint;

@@ -407,7 +407,11 @@ fn attack_accuracies(clean: &Decisions, [fgsm, pgd]: &[Decisions; 2], draw: &Dra
 fn attacks(run: &Records, universe: &Universe, whole: &Draw, clean: &Decisions, res: &mut ModelResult) -> Option<[Decisions; 2]> {
     let attacks = [Attack::Fgsm, Attack::Pgd].map(|a| Decisions::of(run, ProbeSet::Adversarial(a), universe));
     if attacks.iter().any(|d| d.len() == 0) {
-        res.missing.insert(Dimension::AdversarialRobustness, "the run has no adversarial/fgsm and adversarial/pgd records".into());
+        let why = match &run.header.attacks_unavailable {
+            none if none.is_empty() => "the run has no adversarial/fgsm and adversarial/pgd records".into(),
+            why => format!("the device could not attack: {why}"),
+        };
+        res.missing.insert(Dimension::AdversarialRobustness, why);
         return None;
     }
     let ([c, f, p], n) = attack_accuracies(clean, &attacks, whole);
@@ -743,6 +747,7 @@ impl Report {
                         "pipeline": h.pipeline,
                         "decoder": h.decoder,
                         "mapping": h.mapping,
+                        "outputs": h.outputs,
                         "corruption_source": h.corruption_source,
                         "adversarial_mode": h.adversarial_mode,
                         "gradient": h.gradient,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// Bumped whenever a message layout changes incompatibly. Adding a variant at
 /// the end of an enum is compatible (postcard writes the discriminant as a
 /// varint), so old logs stay readable by newer hosts.
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// How a benchmark's datasets relate to the model's classes; recorded in the
 /// run header so the host can recompute decisions from stored full vectors.
@@ -19,6 +19,31 @@ pub enum Mapping {
     Identity,
     #[serde(rename = "imagenet")]
     ImageNet,
+}
+
+/// What the model's output 0 holds. A classifier exported with its softmax
+/// (`nn.Softmax` at the end, Keras' `activation="softmax"`) already gives
+/// probabilities; a second softmax would flatten them towards uniform and
+/// silently ruin calibration error and class balance, so the device takes
+/// such rows as given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outputs {
+    /// Unnormalised scores; the device applies the softmax.
+    #[default]
+    Logits,
+    /// The graph's output comes from a Softmax node (possibly behind
+    /// quantise/dequantise or shape-only nodes).
+    SoftmaxInGraph,
+    /// No Softmax node, but the rows are already non-negative and sum to 1
+    /// (a softmax written out of Exp, ReduceSum and Div, a custom op).
+    RowsSumToOne,
+}
+
+impl Outputs {
+    pub fn are_probabilities(self) -> bool {
+        self != Outputs::Logits
+    }
 }
 
 impl Mapping {
@@ -302,6 +327,14 @@ pub struct Header {
     /// whole run. Sample ids are the whole run's either way.
     #[serde(default)]
     pub shard: Option<Shard>,
+    /// Whether output 0 gave logits or probabilities, and how that was told.
+    #[serde(default)]
+    pub outputs: Outputs,
+    /// Why the adversarial probes asked for did not run (the model's input
+    /// gradient could not be built; names the node and its op); empty when
+    /// they ran or were not asked for.
+    #[serde(default)]
+    pub attacks_unavailable: String,
 }
 
 /// One of N disjoint slices of a run (`--shard K/N`). K counts from 0, as
@@ -475,7 +508,7 @@ mod tests {
         // first run; the first run confirmed every byte. docs/wire-format.md
         // describes the same layout table by table.
         [
-            &[0x04][..],                                    // protocol: u8 4, one byte
+            &[0x05][..],                                    // protocol: u8 5, one byte
             &[0x05], b"0.1.0",                              // tool_version
             &[0x02], b"r1",                                 // run_id
             &[0x01], b"m",                                  // model_name
@@ -520,6 +553,8 @@ mod tests {
             &[0x01, 0x05],                                  // corruption_per_class Some(5)
             &[0x01, 0x02],                                  // attack_per_class Some(2)
             &[0x01, 0x01, 0x04],                            // shard Some(Shard { 1, 4 })
+            &[0x01],                                        // outputs SoftmaxInGraph
+            &[0x02], b"no",                                 // attacks_unavailable
         ]
         .concat()
     }

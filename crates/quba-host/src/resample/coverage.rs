@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::metrics;
 use crate::protocol::{
-    Attack, Backend, Header, Interpolation, Mapping, OodSet, Pipeline, Precision, ProbeSet, Probs, Record, PROTOCOL_VERSION,
+    Attack, Backend, Header, Interpolation, Mapping, OodSet, Outputs, Pipeline, Precision, ProbeSet, Probs, Record, PROTOCOL_VERSION,
 };
 use crate::quba::{self, Dimension, Normalisation, Values, Weights};
 use crate::report::{evaluate_records, EvalOptions, Records};
@@ -254,6 +254,8 @@ fn header() -> Header {
         corruption_per_class: Some(CORRUPT_PER_CLASS as u32),
         attack_per_class: Some(ATTACK_PER_CLASS as u32),
         shard: None,
+        outputs: Outputs::Logits,
+        attacks_unavailable: String::new(),
     }
 }
 

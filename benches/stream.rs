@@ -125,6 +125,7 @@ fn write_stream(path: &str, n: u32) {
         corruption_per_class: None,
         attack_per_class: None,
         shard: None,
+        corruption_mode: Some(quba_edge::protocol::CorruptionMode::Direct),
     };
     let mut enc = FrameEncoder::new();
     let mut out = BufWriter::new(File::create(path).unwrap_or_else(|e| panic!("{path}: {e}")));

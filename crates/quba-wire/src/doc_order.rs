@@ -279,6 +279,9 @@ fn wire_layouts() -> Layouts {
     for m in [Mapping::Identity, Mapping::ImageNet] {
         l.walk(&m);
     }
+    for m in [CorruptionMode::ImagenetC, CorruptionMode::Direct, CorruptionMode::Files] {
+        l.walk(&m);
+    }
     for a in [Attack::Fgsm, Attack::Pgd] {
         l.walk(&ProbeSet::Adversarial(a));
     }
@@ -385,8 +388,9 @@ fn every_variant_is_walked() {
     assert!(!decodes::<Backend>(count("Backend")));
     assert!(!decodes::<Interpolation>(count("Interpolation")));
     assert!(!decodes::<Mapping>(count("Mapping")));
+    assert!(!decodes::<CorruptionMode>(count("CorruptionMode")));
     assert!(!decodes::<ProbeGroup>(count("ProbeGroup")));
     // And the last walked one does decode: the probe is sound.
     assert!(decodes::<ProbeGroup>(count("ProbeGroup") - 1));
-    assert_eq!(layouts.enums.len(), 9, "an enum on the wire that this test does not probe: {:?}", layouts.enums.keys());
+    assert_eq!(layouts.enums.len(), 10, "an enum on the wire that this test does not probe: {:?}", layouts.enums.keys());
 }

@@ -77,10 +77,13 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg").join(name)
     }
 
-    /// The quantisation tables (id, 64 values in zigzag order) and the frame's
-    /// components (sampling factors, table id; their ids are only names, and
-    /// libjpeg counts them from 1 where the crate counts from 0) of a baseline JPEG.
-    fn tables_and_components(jpeg: &[u8]) -> (Vec<(u8, Vec<u8>)>, Vec<[u8; 2]>) {
+    /// Quantisation tables: (id, 64 values in zigzag order).
+    type Tables = Vec<(u8, Vec<u8>)>;
+
+    /// The quantisation tables and the frame's components (sampling
+    /// factors, table id; their ids are only names, and libjpeg counts them
+    /// from 1 where the crate counts from 0) of a baseline JPEG.
+    fn tables_and_components(jpeg: &[u8]) -> (Tables, Vec<[u8; 2]>) {
         let (mut tables, mut components, mut i) = (Vec::new(), Vec::new(), 2);
         while i + 4 <= jpeg.len() && jpeg[i] == 0xff && jpeg[i + 1] != 0xda {
             let len = u16::from_be_bytes([jpeg[i + 2], jpeg[i + 3]]) as usize;

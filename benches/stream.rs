@@ -125,6 +125,7 @@ fn write_stream(path: &str, n: u32) {
         corruption_per_class: None,
         attack_per_class: None,
         shard: None,
+        corruption_mode: Some(quba_edge::protocol::CorruptionMode::Direct),
         outputs: Default::default(),
         attacks_unavailable: String::new(),
     };

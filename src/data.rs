@@ -300,19 +300,26 @@ impl Source {
     /// the image the model sees, before normalisation (where corruptions and
     /// pixel-space attacks act).
     pub fn load_crop(&self, i: usize, pipeline: &Pipeline) -> Result<(image::RgbImage, Loaded)> {
+        let (img, loaded) = self.load_image(i)?;
+        let crop = center_crop(&img, pipeline).with_context(|| match self {
+            Source::Folder(f) => format!("image {}", f.path(&f.samples[i]).display()),
+            Source::Synth { .. } => self.name(i),
+        })?;
+        Ok((crop, loaded))
+    }
+
+    /// Decodes (or renders) sample `i` as it is, before any pipeline.
+    pub fn load_image(&self, i: usize) -> Result<(image::RgbImage, Loaded)> {
         match self {
             Source::Folder(f) => {
                 let s = &f.samples[i];
-                let path = f.path(s);
-                let crop = center_crop(&decode(&path)?, pipeline).with_context(|| format!("image {}", path.display()))?;
-                Ok((crop, Loaded { label: s.label, cue: s.cue }))
+                Ok((decode(&f.path(s))?, Loaded { label: s.label, cue: s.cue }))
             }
             Source::Synth { cfg, split, .. } => {
                 let img = crate::synth::render(cfg, *split, i as u32);
-                let crop = center_crop(&img.image, pipeline).with_context(|| self.name(i))?;
                 // Home textures 0..16 carry their class's index.
                 let cue = (*split == crate::synth::Split::CueConflict).then_some(img.texture);
-                Ok((crop, Loaded { label: img.label, cue }))
+                Ok((img.image, Loaded { label: img.label, cue }))
             }
         }
     }

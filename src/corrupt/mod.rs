@@ -29,11 +29,15 @@
 //! `cos`) decide a pixel; never the platform libm, never `mul_add` or
 //! `powi`. Rust does not contract into FMA by itself, and these targets have
 //! no excess precision. JPEG goes through image-rs's encoder and decoder,
-//! whose integer paths are checked under QEMU (`tests/it/qemu_corrupt.rs`).
+//! whose integer paths are checked under QEMU (`tests/it/qemu_corrupt.rs`);
+//! the ImageNet-C mode's file step through `jpeg-encoder`, integer only too.
 
 mod filters;
+pub mod imagenet_c;
 mod kinds;
 mod rng;
+
+pub use crate::protocol::CorruptionMode;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -232,6 +236,11 @@ pub struct CorruptArgs {
     /// Write one JSON line per image with the random quantities drawn (for parity scripts).
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// `direct`: corrupt the image as it is. `imagenet-c`: write what the ImageNet-C file of the
+    /// image decodes to, as a run in that mode generates it (resize 256 bilinear, crop 224,
+    /// corrupt, JPEG quality 85, decode); the model's pipeline is not applied.
+    #[arg(long, value_enum, default_value = "direct")]
+    pub mode: CorruptionMode,
 }
 
 fn is_image(p: &Path) -> bool {
@@ -282,8 +291,13 @@ pub fn run_cli(a: &CorruptArgs) -> Result<usize> {
     for (src, dst, sample) in &jobs {
         let img = image::open(src).with_context(|| format!("cannot read image {}", src.display()))?.to_rgb8();
         let seed = sample_seed(a.seed, *sample, a.corruption, a.severity);
-        let (out, t) = corrupt_traced(&img, a.corruption, a.severity, seed, &opts)
-            .with_context(|| format!("{} (sample {sample}): {} severity {}", src.display(), a.corruption, a.severity))?;
+        let (out, t) = match a.mode {
+            CorruptionMode::Direct => corrupt_traced(&img, a.corruption, a.severity, seed, &opts),
+            CorruptionMode::ImagenetC => imagenet_c::generator_crop(&img)
+                .and_then(|crop| imagenet_c::file_image_traced(&crop, a.corruption, a.severity, seed, &opts)),
+            CorruptionMode::Files => bail!("--mode files: reading an ImageNet-C tree is a run's --imagenet-c, not a corruption"),
+        }
+        .with_context(|| format!("{} (sample {sample}): {} severity {}", src.display(), a.corruption, a.severity))?;
         if let Some(parent) = dst.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 
 use super::ProbeGroup;
 use crate::attack::Mode as AttackMode;
-use crate::corrupt::{Corruption, SEVERITIES};
+use crate::corrupt::{Corruption, CorruptionMode, SEVERITIES};
 use crate::protocol::{Backend, Shard};
 
 /// Images per class that corruptions and attacks use on the synthetic
@@ -79,6 +79,13 @@ pub struct SuiteArgs {
     /// as the study did.
     #[arg(long)]
     pub imagenet_c: Option<PathBuf>,
+    /// How generated corruptions reach the model: `imagenet-c` as ImageNet-C's files did (the
+    /// clean image resized to 256 bilinear, cropped to 224, corrupted at 224, saved JPEG quality
+    /// 85, then read through the model's whole pipeline), `direct` from the pipeline's centre crop
+    /// straight to the model. Default: `imagenet-c` with `--benchmark imagenet` (the study's
+    /// constants normalise such runs), `direct` otherwise.
+    #[arg(long, value_enum)]
+    pub corruption_mode: Option<CorruptionMode>,
     /// The reference's frost photos (frost1.png … frost5.jpg from the `imagecorruptions`
     /// package); default: a procedural frost layer (docs/corruptions.md).
     #[arg(long)]
@@ -106,6 +113,13 @@ impl SuiteArgs {
 
     pub fn benchmark(&self) -> String {
         self.benchmark.clone().unwrap_or_else(|| if self.is_synth() { "synth" } else { "custom" }.into())
+    }
+
+    /// `--corruption-mode`, or the default that follows the benchmark: the
+    /// report normalises `imagenet` runs by the study's constants, which
+    /// were measured on ImageNet-C's files.
+    pub fn corruption_mode(&self) -> CorruptionMode {
+        self.corruption_mode.unwrap_or(if self.benchmark() == "imagenet" { CorruptionMode::ImagenetC } else { CorruptionMode::Direct })
     }
 
     pub(super) fn wants(&self, g: ProbeGroup) -> bool {
@@ -144,6 +158,7 @@ impl SuiteArgs {
         opt("--severities", list(self.severities.iter().map(u8::to_string).collect()));
         opt("--corruption-per-class", self.corruption_per_class.map(|n| n.to_string()));
         opt("--imagenet-c", self.imagenet_c.as_ref().map(|p| p.display().to_string()));
+        opt("--corruption-mode", self.corruption_mode.map(|m| m.as_str().to_string()));
         opt("--frost-dir", self.frost_dir.as_ref().map(|p| p.display().to_string()));
         opt("--attack-per-class", self.attack_per_class.map(|n| n.to_string()));
         opt("--adversarial-mode", Some(self.adversarial_mode.as_str().to_string()));
@@ -216,4 +231,41 @@ pub struct DeviceArgs {
     /// Token printed by `quba listen`; required with `--out tcp://…`.
     #[arg(long)]
     pub token: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        suite: SuiteArgs,
+    }
+
+    fn parse(args: &[&str]) -> SuiteArgs {
+        Cli::parse_from(std::iter::once("quba").chain(args.iter().copied())).suite
+    }
+
+    #[test]
+    fn corruption_mode_follows_the_benchmark_unless_given() {
+        assert_eq!(parse(&[]).corruption_mode(), CorruptionMode::Direct);
+        assert_eq!(parse(&["--benchmark", "custom"]).corruption_mode(), CorruptionMode::Direct);
+        assert_eq!(parse(&["--benchmark", "imagenet"]).corruption_mode(), CorruptionMode::ImagenetC);
+        assert_eq!(parse(&["--benchmark", "imagenet", "--corruption-mode", "direct"]).corruption_mode(), CorruptionMode::Direct);
+        assert_eq!(parse(&["--corruption-mode", "imagenet-c"]).corruption_mode(), CorruptionMode::ImagenetC);
+        // The device gets the same answer: the command line it is launched
+        // with carries the benchmark, and the mode only when it was given.
+        for given in [&["--benchmark", "imagenet"][..], &["--corruption-mode", "imagenet-c"], &[]] {
+            let a = parse(given);
+            let relaunched = a.to_args();
+            let b = parse(&relaunched.iter().map(String::as_str).collect::<Vec<_>>());
+            assert_eq!(b.corruption_mode(), a.corruption_mode(), "{given:?}");
+            assert_eq!(b.corruption_mode, a.corruption_mode, "{given:?}");
+        }
+        // `files` is what a header says of an ImageNet-C tree, not a choice.
+        assert!(Cli::try_parse_from(["quba", "--corruption-mode", "files"]).is_err());
+    }
 }

@@ -13,7 +13,7 @@ use super::args::{RunArgs, SuiteArgs, SYNTH_ATTACK_PER_CLASS, SYNTH_CORRUPTION_P
 use super::ProbeGroup;
 use crate::attack::AttackConfig;
 use crate::benchmark::{Decision, Mapping, MappingRules};
-use crate::corrupt::{CorruptOptions, Corruption};
+use crate::corrupt::{CorruptOptions, Corruption, CorruptionMode};
 use crate::data::{self, Labels, Source};
 use crate::grad::GradModel;
 use crate::protocol::{Attack, OodSet, Outputs, Pipeline, ProbeSet, Shard};
@@ -74,6 +74,7 @@ pub(super) struct Generated {
     pub(super) ids: Vec<u32>,
     pub(super) cells: Vec<(Corruption, u8)>,
     pub(super) options: CorruptOptions,
+    pub(super) mode: CorruptionMode,
 }
 
 /// The synthetic split standing in for each shifted set.
@@ -135,6 +136,7 @@ pub(super) struct Plan {
     pub(super) probes: Vec<Probe>,
     pub(super) generated: Option<Generated>,
     pub(super) corruption_source: String,
+    pub(super) corruption_mode: Option<CorruptionMode>,
     pub(super) attacks: Option<Attacks>,
     /// Why the attacks asked for cannot run (no input gradient); empty otherwise.
     pub(super) attacks_unavailable: String,
@@ -233,9 +235,13 @@ pub(super) fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_cl
     }
     let mut generated = None;
     let mut corruption_source = String::new();
+    let mut corruption_mode = None;
     if args.wants(ProbeGroup::Corruption) {
         let cells = args.corruption_cells()?;
         if let Some(root) = &args.imagenet_c {
+            if let Some(m) = args.corruption_mode {
+                bail!("--corruption-mode {} says how corruptions are generated; with --imagenet-c they are read from its files", m.as_str());
+            }
             // Labelled as the clean set is: a cell of a subset holds the same
             // class folders, and its labels must be the clean set's.
             let labels = match mapping {
@@ -252,18 +258,25 @@ pub(super) fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_cl
             }
             corruption_source =
                 format!("imagenet-c tree {}; the model's whole pipeline applied to its images (the study's procedure)", root.display());
+            corruption_mode = Some(CorruptionMode::Files);
         } else {
             let per_class = args.corruption_per_class.or(args.is_synth().then_some(SYNTH_CORRUPTION_PER_CLASS));
             let options = CorruptOptions { frost_dir: args.frost_dir.clone() };
+            let mode = args.corruption_mode();
             corruption_source = format!(
-                "generated on the device from the pipeline's centre crop (quba-edge corruptions, seeds per sample from run seed {}; frost: {})",
+                "generated on the device {} (quba-edge corruptions, seeds per sample from run seed {}; frost: {})",
+                match mode {
+                    CorruptionMode::ImagenetC => "as ImageNet-C's files (resize 256 bilinear, crop 224, corrupt, JPEG q85), then the model's whole pipeline",
+                    _ => "from the pipeline's centre crop, fed to the model directly",
+                },
                 args.seed,
                 match &options.frost_dir {
                     Some(d) => format!("photos from {}", d.display()),
                     None => "procedural".into(),
                 }
             );
-            generated = Some(Generated { ids: clean.stratified_ids(per_class, args.seed), cells, options });
+            corruption_mode = Some(mode);
+            generated = Some(Generated { ids: clean.stratified_ids(per_class, args.seed), cells, options, mode });
         }
     }
     let mut attacks_unavailable = String::new();
@@ -294,6 +307,7 @@ pub(super) fn open_plan(args: &SuiteArgs, model: &Path, mapping: Mapping, num_cl
         probes,
         generated,
         corruption_source,
+        corruption_mode,
         attacks,
         attacks_unavailable,
         fingerprint: String::new(),

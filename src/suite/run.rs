@@ -13,7 +13,7 @@ use super::args::{DeviceArgs, RunArgs};
 use super::plan::{corruption_set, open_plan, resolve_pipeline, Attacks, Generated, Probe, ATTACKS};
 use super::{peak_rss_kb, ProbeGroup, TARGET, TOOL_VERSION};
 use crate::benchmark::{Decision, Mapping};
-use crate::corrupt::Corruption;
+use crate::corrupt::{imagenet_c, Corruption, CorruptionMode};
 use crate::data::{self, Source};
 use crate::engine::Engine;
 use crate::metrics::softmax_in_place;
@@ -82,6 +82,7 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
         corruption_per_class: suite.corruption_per_class.map(|n| n as u32),
         attack_per_class: suite.attack_per_class.map(|n| n as u32),
         shard: suite.shard,
+        corruption_mode: plan.corruption_mode,
         outputs: engine.outputs,
         attacks_unavailable: plan.attacks_unavailable.clone(),
     };
@@ -372,7 +373,9 @@ fn overlapped<K: Send>(
 
 /// Corrupts each batch of clean crops into every (corruption, severity)
 /// cell; the seed of each variant comes from (run seed, sample, cell), so a
-/// board and the host corrupt identically whatever the batch size.
+/// board and the host corrupt identically whatever the batch size. The crop
+/// is the pipeline's (direct mode) or ImageNet-C's 224 one, whose corrupted
+/// JPEG then goes through the pipeline as a file would (imagenet-c mode).
 fn run_generated(ctx: &mut Ctx, source: &Source, g: &Generated, s: &mut Scratch) -> Result<()> {
     let per = 3 * ctx.engine.side * ctx.engine.side;
     let first = g.cells.first().map(|&(c, sev)| corruption_set(c, sev));
@@ -382,7 +385,13 @@ fn run_generated(ctx: &mut Ctx, source: &Source, g: &Generated, s: &mut Scratch)
         }
         let mut crops = Vec::with_capacity(chunk.len());
         for &id in chunk {
-            match source.load_crop(id as usize, ctx.pipeline) {
+            let crop = match g.mode {
+                CorruptionMode::ImagenetC => source.load_image(id as usize).and_then(|(img, l)| {
+                    Ok((imagenet_c::generator_crop(&img).with_context(|| source.name(id as usize))?, l))
+                }),
+                CorruptionMode::Direct | CorruptionMode::Files => source.load_crop(id as usize, ctx.pipeline),
+            };
+            match crop {
                 Ok((crop, l)) => crops.push((id, crop, l)),
                 // Reported once, under the first cell: the image itself is unreadable.
                 Err(e) => ctx.failure(first.unwrap_or(ProbeSet::Clean), id, &source.name(id as usize), &e)?,
@@ -399,15 +408,20 @@ fn run_generated(ctx: &mut Ctx, source: &Source, g: &Generated, s: &mut Scratch)
             .collect();
         // Seeds depend on (run seed, sample, cell) only, so corrupting the
         // next cell during this one's pass gives the records of a sequence.
-        let (pipeline, seed, options) = (ctx.pipeline, ctx.args.suite.seed, &g.options);
+        let (pipeline, seed, options, mode) = (ctx.pipeline, ctx.args.suite.seed, &g.options, g.mode);
         let (crops, cells) = (&crops, &cells);
         let prepare = move |i: usize, mut input: Vec<f32>| {
             let (c, sev) = cells[i];
             let (mut ids, mut loaded, mut failures) = (Vec::new(), Vec::new(), Vec::new());
             for (id, crop, l) in crops {
                 let slot = ids.len() * per..(ids.len() + 1) * per;
-                let done = crate::corrupt::corrupt(crop, c, sev, crate::corrupt::sample_seed(seed, *id, c, sev), options)
-                    .and_then(|img| data::normalise(&img, pipeline, &mut input[slot]));
+                let sample_seed = crate::corrupt::sample_seed(seed, *id, c, sev);
+                let done = match mode {
+                    CorruptionMode::ImagenetC => imagenet_c::file_image(crop, c, sev, sample_seed, options)
+                        .and_then(|file| data::preprocess(&file, pipeline, &mut input[slot])),
+                    CorruptionMode::Direct | CorruptionMode::Files => crate::corrupt::corrupt(crop, c, sev, sample_seed, options)
+                        .and_then(|img| data::normalise(&img, pipeline, &mut input[slot])),
+                };
                 match done {
                     Ok(()) => {
                         ids.push(*id);

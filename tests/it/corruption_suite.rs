@@ -2,7 +2,10 @@
 //! from the clean crops, or read from an ImageNet-C tree. A tree written by
 //! `quba data corrupt` (same seed, sample = sorted position) holds exactly
 //! the images the device generates, so both routes must give the same
-//! accuracy in every cell — the device's corruptions are the CLI's.
+//! accuracy in every cell — the device's corruptions are the CLI's. So in
+//! the ImageNet-C mode: `quba data corrupt --mode imagenet-c` writes what
+//! the file of each image decodes to, and the run applies the model's whole
+//! pipeline to it as to a tree's file.
 
 use std::path::Path;
 use std::process::Command;
@@ -35,19 +38,28 @@ fn eval(dir: &Path, val: &Path, extra: &[&str]) -> Value {
 
 #[test]
 fn generated_corruptions_equal_a_tree_written_by_the_cli() {
-    let t = tmp!("tree");
+    generated_equals_tree("direct", tmp!("tree"));
+}
+
+#[test]
+fn imagenet_c_mode_equals_a_tree_of_its_files() {
+    generated_equals_tree("imagenet-c", tmp!("tree-imagenet-c"));
+}
+
+/// `mode` is `--corruption-mode` of the run and `--mode` of the CLI.
+fn generated_equals_tree(mode: &str, t: std::path::PathBuf) {
     ok(Command::new(QUBA).args(["data", "synth", "--splits", "val", "--per-class", "2", "--out"]).arg(t.join("synth")));
     let val = t.join("synth/val");
     for c in CELLS {
         for s in SEVERITIES {
             ok(Command::new(QUBA)
-                .args(["data", "corrupt", "--corruption", c, "--severity", &s.to_string(), "--seed", "3", "--in"])
+                .args(["data", "corrupt", "--mode", mode, "--corruption", c, "--severity", &s.to_string(), "--seed", "3", "--in"])
                 .arg(&val)
                 .arg("--out")
                 .arg(t.join(format!("imagenet-c/{c}/{s}"))));
         }
     }
-    let gen = eval(&t.join("gen"), &val, &[]);
+    let gen = eval(&t.join("gen"), &val, &["--corruption-mode", mode]);
     let tree = eval(&t.join("tree-runs"), &val, &["--imagenet-c", t.join("imagenet-c").to_str().unwrap()]);
     let (g, r) = (&gen["models"][0], &tree["models"][0]);
     let mut compared = 0;
@@ -70,7 +82,8 @@ fn generated_corruptions_equal_a_tree_written_by_the_cli() {
     assert!(g["dimensions"]["corruption_robustness"].is_null());
     let why = g["missing"]["corruption_robustness"].as_str().unwrap();
     assert!(why.contains("67 of the 75"), "{why}");
-    assert!(g["protocol"].is_object());
+    assert_eq!(g["protocol"]["corruption_mode"], mode);
+    assert_eq!(r["protocol"]["corruption_mode"], "files");
     let _ = std::fs::remove_dir_all(&t);
 }
 

@@ -173,6 +173,20 @@ pub fn compare(a: &Run, b: &Run, opts: &CompareOptions) -> Result<Comparison> {
     if ha.num_classes != hb.num_classes {
         bail!("{} has {} classes, {} has {}", a.dir.display(), ha.num_classes, b.dir.display(), hb.num_classes);
     }
+    // The fingerprint names the clean images, not how they were corrupted:
+    // two modes give every corrupted sample other pixels under the same key.
+    if let (Some(ma), Some(mb)) = (ha.corruption_mode, hb.corruption_mode) {
+        if ma != mb {
+            bail!(
+                "{} and {} made their corruptions differently ({} vs {}); a paired comparison needs the same images \
+                 (--corruption-mode, docs/corruptions.md)",
+                a.dir.display(),
+                b.dir.display(),
+                ma.as_str(),
+                mb.as_str()
+            );
+        }
+    }
     let (ia, ib) = (index(a), index(b));
     // Pairs sorted by key so a seed gives the same interval whatever the arrival order.
     let mut pairs: Vec<((ProbeSet, u32), &Record, &Record)> =
@@ -315,6 +329,34 @@ mod tests {
     use super::*;
 
     const M: f64 = 0.01;
+
+    #[test]
+    fn runs_whose_corruptions_were_made_differently_are_not_paired() {
+        let run = |mode| {
+            let mut header = crate::protocol::fixtures::full_header();
+            header.corruption_mode = mode;
+            Run {
+                dir: std::path::PathBuf::from(format!("{mode:?}")),
+                header,
+                records: vec![],
+                failures: vec![],
+                end: None,
+                status: crate::ingest::RunStatus::Complete,
+                duplicates: 0,
+                decode: Default::default(),
+            }
+        };
+        use crate::protocol::CorruptionMode::{Direct, ImagenetC};
+        let opts = CompareOptions { bootstrap: 0, seed: 0, margins: Margins::default() };
+        let err = compare(&run(Some(Direct)), &run(Some(ImagenetC)), &opts).err().expect("refused").to_string();
+        assert!(err.contains("made their corruptions differently (direct vs imagenet-c)"), "{err}");
+        // Without corruptions on one side there is nothing to mismatch.
+        for (a, b) in [(Some(Direct), None), (Some(ImagenetC), Some(ImagenetC))] {
+            if let Err(e) = compare(&run(a), &run(b), &opts) {
+                assert!(!e.to_string().contains("corruptions differently"), "{a:?} {b:?}: {e}");
+            }
+        }
+    }
 
     #[test]
     fn equal_means_the_whole_interval_is_inside_the_margin() {

@@ -14,7 +14,8 @@ use serde_json::{json, Map, Value};
 use crate::benchmark::MappingRules;
 use crate::metrics;
 use crate::protocol::{
-    decode_all, header_of, Attack, DecodeStats, End, Failure, Header, LostFrame, Message, OodSet, ProbeSet, Record, CORRUPTIONS,
+    decode_all, header_of, Attack, CorruptionMode, DecodeStats, End, Failure, Header, LostFrame, Message, OodSet, ProbeSet, Record,
+    CORRUPTIONS,
     PROTOCOL_VERSION,
 };
 use crate::resample::{self, Draw, Positions, Universe};
@@ -749,6 +750,7 @@ impl Report {
                         "mapping": h.mapping,
                         "outputs": h.outputs,
                         "corruption_source": h.corruption_source,
+                        "corruption_mode": h.corruption_mode.map(CorruptionMode::as_str),
                         "adversarial_mode": h.adversarial_mode,
                         "gradient": h.gradient,
                         "placement": h.placement,
@@ -792,6 +794,20 @@ impl Report {
                 "adversarial robustness of {} comes from pixel mode, but the study's constants (0.186 ± 0.111) come from its \
                  reference procedure: rerun with --adversarial-mode reference for a comparable QUBA",
                 pixel.join(", ")
+            ));
+        }
+        let direct: Vec<String> = self
+            .runs
+            .iter()
+            .filter(|r| r.header.corruption_mode == Some(CorruptionMode::Direct))
+            .map(|r| format!("{} {}", r.header.model_name, r.header.precision.as_str()))
+            .collect();
+        if self.normalisation == Normalisation::Paper && !direct.is_empty() {
+            w.push(format!(
+                "corruption robustness of {} comes from corruptions generated in direct mode (the model's own crop, no JPEG), \
+                 but the study's constants come from ImageNet-C's files: rerun with --corruption-mode imagenet-c (or \
+                 --imagenet-c) for a comparable QUBA",
+                direct.join(", ")
             ));
         }
         if self.runs.iter().any(|r| r.header.gradient == "ste") {
@@ -1017,6 +1033,23 @@ mod tests {
         assert_eq!(small_subset_warning(vec![run(20, 3)], Normalisation::Paper), None);
         // Runs of equal size against each other: the drift mostly cancels.
         assert_eq!(small_subset_warning(vec![run(5, 40)], Normalisation::Cohort), None);
+    }
+
+    #[test]
+    fn paper_constants_on_direct_corruptions_are_warned_about() {
+        let with = |mode: Option<CorruptionMode>, normalisation| {
+            let mut r = run(20, 3);
+            r.header.corruption_mode = mode;
+            let rep = Report { runs: vec![r], results: vec![], normalisation, weights: Weights::default(), scored: vec![] };
+            rep.warnings().into_iter().find(|w| w.contains("direct mode"))
+        };
+        let w = with(Some(CorruptionMode::Direct), Normalisation::Paper).expect("a warning");
+        assert!(w.contains("m int8") && w.contains("--corruption-mode imagenet-c"), "{w}");
+        for mode in [Some(CorruptionMode::ImagenetC), Some(CorruptionMode::Files), None] {
+            assert_eq!(with(mode, Normalisation::Paper), None, "{mode:?}");
+        }
+        // Against each other, runs made the same way compare fairly.
+        assert_eq!(with(Some(CorruptionMode::Direct), Normalisation::Cohort), None);
     }
 
     #[test]

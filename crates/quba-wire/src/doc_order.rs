@@ -279,6 +279,9 @@ fn wire_layouts() -> Layouts {
     for m in [Mapping::Identity, Mapping::ImageNet] {
         l.walk(&m);
     }
+    for m in [CorruptionMode::ImagenetC, CorruptionMode::Direct, CorruptionMode::Files] {
+        l.walk(&m);
+    }
     for o in [Outputs::Logits, Outputs::SoftmaxInGraph, Outputs::RowsSumToOne] {
         l.walk(&o);
     }
@@ -388,9 +391,10 @@ fn every_variant_is_walked() {
     assert!(!decodes::<Backend>(count("Backend")));
     assert!(!decodes::<Interpolation>(count("Interpolation")));
     assert!(!decodes::<Mapping>(count("Mapping")));
+    assert!(!decodes::<CorruptionMode>(count("CorruptionMode")));
     assert!(!decodes::<Outputs>(count("Outputs")));
     assert!(!decodes::<ProbeGroup>(count("ProbeGroup")));
     // And the last walked one does decode: the probe is sound.
     assert!(decodes::<ProbeGroup>(count("ProbeGroup") - 1));
-    assert_eq!(layouts.enums.len(), 10, "an enum on the wire that this test does not probe: {:?}", layouts.enums.keys());
+    assert_eq!(layouts.enums.len(), 11, "an enum on the wire that this test does not probe: {:?}", layouts.enums.keys());
 }

@@ -53,6 +53,7 @@ pub fn full_header() -> Header {
         corruption_per_class: Some(5),
         attack_per_class: Some(2),
         shard: Some(Shard { index: 1, count: 4 }),
+        corruption_mode: Some(CorruptionMode::ImagenetC),
         outputs: Outputs::SoftmaxInGraph,
         attacks_unavailable: "no".into(),
     }

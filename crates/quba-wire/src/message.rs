@@ -195,6 +195,39 @@ pub const CORRUPTIONS: [&str; 15] = [
     "jpeg_compression",
 ];
 
+/// How a run's corrupted images were produced (`--corruption-mode`,
+/// docs/corruptions.md): the report needs it as a value, not as prose, to
+/// tell whether the study's constants may normalise the run's corruption
+/// robustness.
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CorruptionMode {
+    /// Generated as ImageNet-C's files were made (resize 256 bilinear, crop
+    /// 224, corrupt at 224, JPEG quality 85), then read through the model's
+    /// whole pipeline: comparable with the study's numbers.
+    #[serde(rename = "imagenet-c")]
+    #[cfg_attr(feature = "clap", value(name = "imagenet-c"))]
+    ImagenetC,
+    /// Generated from the model pipeline's centre crop at the model's input
+    /// size and fed to the model as they are (no JPEG, no second resize).
+    #[serde(rename = "direct")]
+    Direct,
+    /// Read from an ImageNet-C tree (`--imagenet-c`): the study's own files.
+    #[serde(rename = "files")]
+    #[cfg_attr(feature = "clap", value(skip))]
+    Files,
+}
+
+impl CorruptionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CorruptionMode::ImagenetC => "imagenet-c",
+            CorruptionMode::Direct => "direct",
+            CorruptionMode::Files => "files",
+        }
+    }
+}
+
 /// Groups of probe sets, one per dimension's data (`--probes` selects them;
 /// the `End` frame times them).
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
@@ -327,6 +360,9 @@ pub struct Header {
     /// whole run. Sample ids are the whole run's either way.
     #[serde(default)]
     pub shard: Option<Shard>,
+    /// How the corrupted images were produced; `None` when no corruption ran.
+    #[serde(default)]
+    pub corruption_mode: Option<CorruptionMode>,
     /// Whether output 0 gave logits or probabilities, and how that was told.
     #[serde(default)]
     pub outputs: Outputs,
@@ -553,6 +589,7 @@ mod tests {
             &[0x01, 0x05],                                  // corruption_per_class Some(5)
             &[0x01, 0x02],                                  // attack_per_class Some(2)
             &[0x01, 0x01, 0x04],                            // shard Some(Shard { 1, 4 })
+            &[0x01, 0x00],                                  // corruption_mode Some(ImagenetC)
             &[0x01],                                        // outputs SoftmaxInGraph
             &[0x02], b"no",                                 // attacks_unavailable
         ]

@@ -254,6 +254,7 @@ fn header() -> Header {
         corruption_per_class: Some(CORRUPT_PER_CLASS as u32),
         attack_per_class: Some(ATTACK_PER_CLASS as u32),
         shard: None,
+        corruption_mode: Some(crate::protocol::CorruptionMode::Direct),
         outputs: Outputs::Logits,
         attacks_unavailable: String::new(),
     }

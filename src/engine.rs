@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
-use crate::protocol::{Backend, Outputs, Precision};
+use crate::protocol::{Backend, Execution, Outputs, Precision};
 
 pub(crate) type Plan = Arc<TypedRunnableModel>;
 
@@ -40,6 +40,8 @@ pub struct Engine {
     /// Convolutions running on quba's integer kernels (0 for fp32 models and
     /// for the `tract` backend).
     pub integer_convs: usize,
+    /// MACs per image by what ran them (`crate::execution`).
+    pub execution: Execution,
 }
 
 impl Engine {
@@ -60,6 +62,7 @@ impl Engine {
         // QLinearConv nodes).
         let mut proto = read_proto(path)?;
         let facts = facts_of_proto(&proto, path)?;
+        let dequantized = proto.graph.as_ref().map(crate::execution::dequantized).unwrap_or_default();
         let onnx = match backend {
             Backend::TractCpu => crate::int8::onnx(),
             Backend::TractCuda | Backend::TractPlain => tract_onnx::onnx(),
@@ -87,6 +90,9 @@ impl Engine {
         if model.outputs.is_empty() {
             bail!("{}: the model has no output", path.display());
         }
+        let graph = proto.graph.as_ref().with_context(|| format!("{}: ONNX file has no graph", path.display()))?;
+        let execution = crate::execution::account(graph, &dequantized, &model, batch, facts.precision)
+            .with_context(|| format!("{}: cannot say what runs each node", path.display()))?;
         let out = model.output_fact(0)?.shape.clone();
         let dims: Vec<Option<usize>> = out.iter().map(|d| d.as_i64().map(|v| v as usize)).collect();
         let num_classes = match dims.as_slice() {
@@ -111,7 +117,7 @@ impl Engine {
             }
         };
         let integer_convs = plan.model().nodes().iter().filter(|n| n.op_is::<crate::int8::QConvOp>()).count();
-        let mut engine = Engine { plan, batch, side, num_classes, facts, outputs: Outputs::Logits, placement, integer_convs };
+        let mut engine = Engine { plan, batch, side, num_classes, facts, outputs: Outputs::Logits, placement, integer_convs, execution };
         engine.outputs = if engine.facts.final_softmax.is_some() {
             Outputs::SoftmaxInGraph
         } else if engine.rows_sum_to_one()? {

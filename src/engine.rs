@@ -90,9 +90,6 @@ impl Engine {
         if model.outputs.is_empty() {
             bail!("{}: the model has no output", path.display());
         }
-        let graph = proto.graph.as_ref().with_context(|| format!("{}: ONNX file has no graph", path.display()))?;
-        let execution = crate::execution::account(graph, &dequantized, &model, batch, facts.precision)
-            .with_context(|| format!("{}: cannot say what runs each node", path.display()))?;
         let out = model.output_fact(0)?.shape.clone();
         let dims: Vec<Option<usize>> = out.iter().map(|d| d.as_i64().map(|v| v as usize)).collect();
         let num_classes = match dims.as_slice() {
@@ -102,6 +99,10 @@ impl Engine {
                 path.display()
             ),
         };
+        // Counted on the typed model: its shapes are concrete, and optimisation renames and merges nodes.
+        let graph = proto.graph.as_ref().with_context(|| format!("{}: ONNX file has no graph", path.display()))?;
+        let execution = crate::execution::account(graph, &dequantized, &model, batch, facts.precision)
+            .with_context(|| format!("{}: cannot say what runs each node", path.display()))?;
         let (plan, placement) = match backend {
             Backend::TractCpu | Backend::TractPlain => {
                 let plan = model

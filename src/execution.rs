@@ -73,7 +73,7 @@ pub fn account(graph: &pb::GraphProto, dequantized: &HashSet<String>, model: &Ty
         };
         *slot += macs;
     }
-    fallback.sort_by(|a, b| b.0.cmp(&a.0));
+    fallback.sort_by_key(|f| std::cmp::Reverse(f.0));
     // Names are the exporter's (`/layer1/layer1.0/conv1/Conv`); a cap keeps a
     // pathological one from crowding the header out of its frame.
     execution.fallback_nodes = fallback.into_iter().take(Execution::NAMED).map(|(_, n)| n.chars().take(120).collect()).collect();

@@ -117,4 +117,6 @@ fn an_unfusable_convolution_is_a_named_fallback_in_the_header_and_the_report() {
     // 1 179 968 of 1 622 336 MACs.
     let warning = warning.unwrap_or_else(|| panic!("no fallback warning: {}", results["warnings"]));
     assert!(warning.contains("72.73%") && warning.contains(&conv2), "{warning}");
+    let html = std::fs::read_to_string(runs.join("report.html")).unwrap();
+    assert!(html.contains("MACs: 27% quba int8 · 73% float fallback<"), "the protocol table's line");
 }

@@ -24,9 +24,12 @@ fn tiny(name: &str) -> PathBuf {
     root().join(format!("models/tiny/tiny-cnn.{name}.onnx"))
 }
 
-fn ran(model: &Path, backend: Backend) -> Execution {
+/// tiny-cnn's input side; the zoo's is 64.
+const TINY: usize = 32;
+
+fn ran(model: &Path, side: usize, backend: Backend) -> Execution {
     // Batch 2: the counts are per image, whatever the batch.
-    Engine::load_on(model, 2, 32, backend).unwrap_or_else(|e| panic!("{}: {e:#}", model.display())).execution
+    Engine::load_on(model, 2, side, backend).unwrap_or_else(|e| panic!("{}: {e:#}", model.display())).execution
 }
 
 fn macs(quba_int8: u64, tract_int8: u64, float_fallback: u64, float: u64) -> [u64; 4] {
@@ -39,19 +42,19 @@ fn of(e: &Execution) -> [u64; 4] {
 
 #[test]
 fn each_tiny_model_counts_its_macs_by_what_ran_them() {
-    assert_eq!(of(&ran(&tiny("fp32"), Backend::TractCpu)), macs(0, 0, 0, CONVS + FC));
+    assert_eq!(of(&ran(&tiny("fp32"), TINY, Backend::TractCpu)), macs(0, 0, 0, CONVS + FC));
     // QDQ: the convolutions are fused onto the integer kernels; the Gemm head
     // reads a dequantised activation and dequantised weights, and runs in float.
-    let qdq = ran(&tiny("int8"), Backend::TractCpu);
+    let qdq = ran(&tiny("int8"), TINY, Backend::TractCpu);
     assert_eq!(of(&qdq), macs(CONVS, 0, FC, 0));
     assert_eq!(qdq.fallback_nodes, ["fc"]);
     // QOperator: QLinearConv on the kernels; the head's weights were left
     // float by the exporter, no dequantisation feeds it: float by design.
-    assert_eq!(of(&ran(&tiny("int8-qop"), Backend::TractCpu)), macs(CONVS, 0, 0, FC));
+    assert_eq!(of(&ran(&tiny("int8-qop"), TINY, Backend::TractCpu)), macs(CONVS, 0, 0, FC));
     // tract alone: its own QLinearConv, and QDQ convolutions as float between
     // quantise and dequantise, which is what tract does with them.
-    assert_eq!(of(&ran(&tiny("int8-qop"), Backend::TractPlain)), macs(0, CONVS, 0, FC));
-    let plain = ran(&tiny("int8"), Backend::TractPlain);
+    assert_eq!(of(&ran(&tiny("int8-qop"), TINY, Backend::TractPlain)), macs(0, CONVS, 0, FC));
+    let plain = ran(&tiny("int8"), TINY, Backend::TractPlain);
     assert_eq!(of(&plain), macs(0, 0, CONVS + FC, 0));
     assert_eq!(plain.fallback_nodes.len(), 3, "{plain:?}");
 }
@@ -77,7 +80,7 @@ fn unfusable(dir: &Path) -> (PathBuf, String) {
 fn an_unfusable_convolution_is_a_named_fallback_in_the_header_and_the_report() {
     let dir = tmp_dir("what_ran", "unfusable");
     let (model, conv2) = unfusable(&dir);
-    let e = ran(&model, Backend::TractCpu);
+    let e = ran(&model, TINY, Backend::TractCpu);
     assert_eq!(of(&e), macs(442_368, 0, 1_179_648 + FC, 0));
     assert_eq!(e.fallback_nodes, [conv2.clone(), "fc".into()], "largest first");
 
@@ -119,4 +122,26 @@ fn an_unfusable_convolution_is_a_named_fallback_in_the_header_and_the_report() {
     assert!(warning.contains("72.73%") && warning.contains(&conv2), "{warning}");
     let html = std::fs::read_to_string(runs.join("report.html")).unwrap();
     assert!(html.contains("MACs: 27% quba int8 · 73% float fallback<"), "the protocol table's line");
+}
+
+#[test]
+fn zoo_int8_models_count_what_their_fp32_sources_count_and_name_what_fell_back() {
+    let zoo = |name: &str| ran(&root().join(format!("models/zoo/{name}.onnx")), 64, Backend::TractCpu);
+    let total = |e: &Execution| of(e).iter().sum::<u64>();
+    for model in ["cnn-baseline", "vit-tiny"] {
+        let (fp32, int8) = (zoo(&format!("{model}.fp32")), zoo(&format!("{model}.int8")));
+        assert_eq!(of(&fp32), macs(0, 0, 0, total(&fp32)), "{model}");
+        assert_eq!(total(&int8), total(&fp32), "{model}: quantisation does not change the arithmetic's size");
+    }
+    // The CNN: every convolution on the kernels, the classifier Gemm between Q/DQ.
+    let cnn = zoo("cnn-baseline.int8");
+    assert_eq!(cnn.fallback_nodes, ["node_linear"], "{cnn:?}");
+    assert!(cnn.quba_int8 > 0 && cnn.float == 0, "{cnn:?}");
+    // ViT: the patch embedding on the kernels; the linear layers (MatMul with
+    // dequantised weights and inputs) fall back; the attention products, whose
+    // inputs the exporter left float, are float.
+    let vit = zoo("vit-tiny.int8");
+    assert!(vit.quba_int8 > 0 && vit.float > 0 && vit.float_fallback > vit.quba_int8 + vit.float, "{vit:?}");
+    assert_eq!(vit.fallback_nodes.len(), Execution::NAMED, "{vit:?}");
+    assert!(vit.fallback_nodes.iter().all(|n| n.starts_with("node_MatMul")), "{vit:?}");
 }

@@ -128,6 +128,7 @@ fn write_stream(path: &str, n: u32) {
         corruption_mode: Some(quba_edge::protocol::CorruptionMode::Direct),
         outputs: Default::default(),
         attacks_unavailable: String::new(),
+        execution: Default::default(),
     };
     let mut enc = FrameEncoder::new();
     let mut out = BufWriter::new(File::create(path).unwrap_or_else(|e| panic!("{path}: {e}")));

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
-use crate::protocol::{Backend, Outputs, Precision};
+use crate::protocol::{Backend, Execution, Outputs, Precision};
 
 pub(crate) type Plan = Arc<TypedRunnableModel>;
 
@@ -40,6 +40,8 @@ pub struct Engine {
     /// Convolutions running on quba's integer kernels (0 for fp32 models and
     /// for the `tract` backend).
     pub integer_convs: usize,
+    /// MACs per image by what ran them (`crate::execution`).
+    pub execution: Execution,
 }
 
 impl Engine {
@@ -60,6 +62,7 @@ impl Engine {
         // QLinearConv nodes).
         let mut proto = read_proto(path)?;
         let facts = facts_of_proto(&proto, path)?;
+        let dequantized = proto.graph.as_ref().map(crate::execution::dequantized).unwrap_or_default();
         let onnx = match backend {
             Backend::TractCpu => crate::int8::onnx(),
             Backend::TractCuda | Backend::TractPlain => tract_onnx::onnx(),
@@ -96,6 +99,14 @@ impl Engine {
                 path.display()
             ),
         };
+        // Counted on the typed model: its shapes are concrete, and optimisation renames and merges nodes.
+        let graph = proto.graph.as_ref().with_context(|| format!("{}: ONNX file has no graph", path.display()))?;
+        // A count we cannot make must not cost the run: the header then
+        // carries none (results.json `execution: null`), and the device says why.
+        let execution = crate::execution::account(graph, &dequantized, &model, batch, facts.precision).unwrap_or_else(|e| {
+            eprintln!("warning: {}: what runs each node is not recorded: {e:#}", path.display());
+            Execution::default()
+        });
         let (plan, placement) = match backend {
             Backend::TractCpu | Backend::TractPlain => {
                 let plan = model
@@ -111,7 +122,7 @@ impl Engine {
             }
         };
         let integer_convs = plan.model().nodes().iter().filter(|n| n.op_is::<crate::int8::QConvOp>()).count();
-        let mut engine = Engine { plan, batch, side, num_classes, facts, outputs: Outputs::Logits, placement, integer_convs };
+        let mut engine = Engine { plan, batch, side, num_classes, facts, outputs: Outputs::Logits, placement, integer_convs, execution };
         engine.outputs = if engine.facts.final_softmax.is_some() {
             Outputs::SoftmaxInGraph
         } else if engine.rows_sum_to_one()? {

@@ -27,6 +27,7 @@ pub mod corrupt;
 pub mod cuda;
 pub mod data;
 pub mod engine;
+pub mod execution;
 #[cfg(feature = "host")]
 pub mod eval;
 pub mod grad;

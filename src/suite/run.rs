@@ -85,6 +85,7 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
         corruption_mode: plan.corruption_mode,
         outputs: engine.outputs,
         attacks_unavailable: plan.attacks_unavailable.clone(),
+        execution: engine.execution.clone(),
     };
     // Read before the header goes out: a bad list must not restart the stream.
     let done = Done::load(args.resume_from.as_deref())?;

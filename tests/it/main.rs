@@ -27,3 +27,4 @@ mod shard;
 mod softmax_outputs;
 mod spine;
 mod ssh;
+mod what_ran;

@@ -758,9 +758,15 @@ fn protocol(rep: &Report) -> String {
         let adversarial = if h.adversarial_mode.is_empty() { "—".into() } else { format!("{} mode · gradient {}", esc(&h.adversarial_mode), or_dash(&h.gradient)) };
         let subset = format!("{} per class · {} samples", h.per_class.map(|n| n.to_string()).unwrap_or("all".into()), h.samples);
         let fp = &h.dataset_fingerprint;
+        let e = &h.execution;
+        // A classifier head left in float is hundredths of a percent: not "0%".
+        let percent = |x: f64| if x < 0.01 { format!("{:.2}%", 100.0 * x) } else { format!("{:.0}%", 100.0 * x) };
+        let shares = [(e.quba_int8, "quba int8"), (e.tract_int8, "tract int8"), (e.float_fallback, "float fallback"), (e.float, "float")];
+        let shares: Vec<String> = shares.iter().filter(|(m, _)| *m > 0).map(|(m, what)| format!("{} {what}", percent(e.share(*m)))).collect();
+        let ran = if shares.is_empty() { String::new() } else { format!("<br>MACs: {}", shares.join(" · ")) };
         let _ = write!(
             s,
-            "<tr><td>{}<br><span class=\"ci\">{}</span></td><td>{}</td><td>{adversarial}</td><td>{}</td><td>{subset}</td><td>{} · {}</td><td>{} · seed {}<br>protocol {}</td><td><span title=\"{}\">{}…</span><br>{}</td></tr>",
+            "<tr><td>{}<br><span class=\"ci\">{}</span></td><td>{}</td><td>{adversarial}</td><td>{}</td><td>{subset}</td><td>{} · {}{ran}</td><td>{} · seed {}<br>protocol {}</td><td><span title=\"{}\">{}…</span><br>{}</td></tr>",
             esc(&run_label(run)),
             esc(&h.run_id),
             esc(&pipeline),

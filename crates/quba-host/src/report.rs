@@ -14,8 +14,8 @@ use serde_json::{json, Map, Value};
 use crate::benchmark::MappingRules;
 use crate::metrics;
 use crate::protocol::{
-    decode_all, header_of, Attack, CorruptionMode, DecodeStats, End, Failure, Header, LostFrame, Message, OodSet, ProbeSet, Record,
-    CORRUPTIONS,
+    decode_all, header_of, Attack, CorruptionMode, DecodeStats, End, Failure, Header, LostFrame, Message, OodSet, Precision, ProbeSet,
+    Record, CORRUPTIONS,
     PROTOCOL_VERSION,
 };
 use crate::resample::{self, Draw, Positions, Universe};
@@ -749,6 +749,17 @@ impl Report {
                         "decoder": h.decoder,
                         "mapping": h.mapping,
                         "outputs": h.outputs,
+                        // Absent (null) from a device that predates the count.
+                        "execution": (h.execution.total() > 0).then(|| {
+                            let e = &h.execution;
+                            json!({
+                                "macs_per_image": e,
+                                "shares": {
+                                    "quba_int8": e.share(e.quba_int8), "tract_int8": e.share(e.tract_int8),
+                                    "float_fallback": e.share(e.float_fallback), "float": e.share(e.float),
+                                },
+                            })
+                        }),
                         "corruption_source": h.corruption_source,
                         "corruption_mode": h.corruption_mode.map(CorruptionMode::as_str),
                         "adversarial_mode": h.adversarial_mode,
@@ -808,6 +819,30 @@ impl Report {
                  but the study's constants come from ImageNet-C's files: rerun with --corruption-mode imagenet-c (or \
                  --imagenet-c) for a comparable QUBA",
                 direct.join(", ")
+            ));
+        }
+        let fallback: Vec<String> = self
+            .runs
+            .iter()
+            .filter(|r| r.header.precision == Precision::Int8 && r.header.execution.float_fallback > 0)
+            .map(|r| {
+                let e = &r.header.execution;
+                // Two decimals: a classifier head alone is a few hundredths of a percent.
+                format!(
+                    "{} int8 on {}: {:.2}% of its MACs, {} per image (largest: {})",
+                    r.header.model_name,
+                    r.header.backend.as_str(),
+                    100.0 * e.share(e.float_fallback),
+                    e.float_fallback,
+                    e.fallback_nodes.join(", ")
+                )
+            })
+            .collect();
+        if !fallback.is_empty() {
+            w.push(format!(
+                "int8 models whose multiply-accumulates partly run in float, between a dequantise and a quantise, so their \
+                 speed and numbers are partly a float model's (docs/int8.md, \"What ran\"): {}",
+                fallback.join("; ")
             ));
         }
         if self.runs.iter().any(|r| r.header.gradient == "ste") {
@@ -998,6 +1033,7 @@ pub fn export_jsonl(run: &Run, out: &mut dyn std::io::Write) -> Result<()> {
 mod tests {
     use super::*;
     use crate::protocol::fixtures::full_header;
+    use crate::protocol::Execution;
 
     fn run(per_class: usize, classes: u16) -> Run {
         let mut records = Vec::new();
@@ -1033,6 +1069,23 @@ mod tests {
         assert_eq!(small_subset_warning(vec![run(20, 3)], Normalisation::Paper), None);
         // Runs of equal size against each other: the drift mostly cancels.
         assert_eq!(small_subset_warning(vec![run(5, 40)], Normalisation::Cohort), None);
+    }
+
+    #[test]
+    fn an_int8_model_running_partly_in_float_is_warned_about_by_share_and_node() {
+        let fallback = |precision: Precision, float_fallback: u64| {
+            let mut r = run(20, 3);
+            r.header.precision = precision;
+            r.header.execution = Execution { quba_int8: 300, tract_int8: 0, float_fallback, float: 100, fallback_nodes: vec!["/head/Gemm".into()] };
+            let rep = Report { runs: vec![r], results: vec![], normalisation: Normalisation::Cohort, weights: Weights::default(), scored: vec![] };
+            rep.warnings().into_iter().find(|w| w.contains("run in float"))
+        };
+        // 100 of 500 MACs: 20 %.
+        let w = fallback(Precision::Int8, 100).expect("a warning");
+        assert!(w.contains("m int8 on tract-cuda: 20.00% of its MACs, 100 per image (largest: /head/Gemm)"), "{w}");
+        assert_eq!(fallback(Precision::Int8, 0), None);
+        // An fp32 model's float is what it is.
+        assert_eq!(fallback(Precision::Fp32, 100), None);
     }
 
     #[test]

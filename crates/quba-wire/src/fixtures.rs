@@ -56,6 +56,7 @@ pub fn full_header() -> Header {
         corruption_mode: Some(CorruptionMode::ImagenetC),
         outputs: Outputs::SoftmaxInGraph,
         attacks_unavailable: "no".into(),
+        execution: Execution { quba_int8: 300, tract_int8: 2, float_fallback: 70_000, float: 0, fallback_nodes: vec!["c1".into()] },
     }
 }
 

@@ -18,7 +18,7 @@ mod run_dir;
 
 pub use frame::{decode_all, DecodeStats, EncodeError, Frame, FrameDecoder, FrameEncoder, MAX_FRAME, MAX_PAYLOAD};
 pub use message::{
-    Attack, Backend, CorruptionMode, End, Failure, Header, Interpolation, Mapping, Message, OodSet, Outputs, Pipeline,
+    Attack, Backend, CorruptionMode, End, Execution, Failure, Header, Interpolation, Mapping, Message, OodSet, Outputs, Pipeline,
     Precision, ProbeGroup, ProbeSet, Probs, Record, Shard, Stage, CORRUPTIONS, MAX_CLASSES, PROTOCOL_VERSION,
 };
 pub use run_dir::{header_of, Launch, Lost, LostFrame, Manifest, MergeInfo, Resume, RunStatus};

@@ -371,6 +371,46 @@ pub struct Header {
     /// they ran or were not asked for.
     #[serde(default)]
     pub attacks_unavailable: String,
+    /// What ran the model's multiply-accumulates; all zero from a device
+    /// that predates the field.
+    #[serde(default)]
+    pub execution: Execution,
+}
+
+/// The model's multiply-accumulates per image, by what executed them
+/// (docs/int8.md, "What ran"): an int8 model whose convolutions silently
+/// run in float between a dequantise and a quantise is slower than its
+/// fp32 source and measures another model than the one deployed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Execution {
+    /// Convolutions on quba's integer kernels.
+    pub quba_int8: u64,
+    /// tract's own integer ops (QLinearConv on the `plain` backend, QLinearMatMul, ConvInteger, MatMulInteger).
+    pub tract_int8: u64,
+    /// Float Conv, Gemm or MatMul of an int8 model fed by a DequantizeLinear: the silent fallback.
+    pub float_fallback: u64,
+    /// Float compute outside any quantisation (all of an fp32 model's).
+    pub float: u64,
+    /// The largest fallback nodes by name, at most `Execution::NAMED`, largest first.
+    pub fallback_nodes: Vec<String>,
+}
+
+impl Execution {
+    /// Fallback nodes named in the header: enough to find the pattern, few
+    /// enough that the header stays far below `MAX_PAYLOAD`.
+    pub const NAMED: usize = 5;
+
+    pub fn total(&self) -> u64 {
+        self.quba_int8 + self.tract_int8 + self.float_fallback + self.float
+    }
+
+    /// `macs` (one of the fields) as a share of all; 0 when nothing was counted.
+    pub fn share(&self, macs: u64) -> f64 {
+        match self.total() {
+            0 => 0.0,
+            total => macs as f64 / total as f64,
+        }
+    }
 }
 
 /// One of N disjoint slices of a run (`--shard K/N`). K counts from 0, as
@@ -592,6 +632,11 @@ mod tests {
             &[0x01, 0x00],                                  // corruption_mode Some(ImagenetC)
             &[0x01],                                        // outputs SoftmaxInGraph
             &[0x02], b"no",                                 // attacks_unavailable
+            &[0xac, 0x02],                                  // execution.quba_int8 300
+            &[0x02],                                        // execution.tract_int8 2
+            &[0xf0, 0xa2, 0x04],                            // execution.float_fallback 70 000
+            &[0x00],                                        // execution.float 0
+            &[0x01], &[0x02], b"c1",                        // execution.fallback_nodes: 1 item, "c1"
         ]
         .concat()
     }

@@ -257,6 +257,7 @@ fn header() -> Header {
         corruption_mode: Some(crate::protocol::CorruptionMode::Direct),
         outputs: Outputs::Logits,
         attacks_unavailable: String::new(),
+        execution: Default::default(),
     }
 }
 

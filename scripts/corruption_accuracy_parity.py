@@ -103,6 +103,18 @@ def notes(doc: str) -> str:
     return doc[i:j + len(NOTES_END)] if 0 <= i < j else ""
 
 
+def provenance(fast_checked: int, kept_notes: str, how: str = "") -> list:
+    """The lines after a doc's summary: where glass blur's reference came from, and the kept notes."""
+    lines = []
+    if fast_checked:
+        lines.append(f"Glass blur's reference images came from `scripts/glass_fast.py`, checked byte-identical to the package's "
+                     f"glass_blur on {fast_checked} image × severity cases in the same run{how}.")
+    lines.append("")
+    if kept_notes:
+        lines += [kept_notes, ""]
+    return lines
+
+
 def summary(rows: list) -> str:
     """How many cells are within the bound and which are not, from the rows' verdicts."""
     out = [(c, s, ao - ar) for c, s, ao, ar, ok in rows if not ok]
@@ -129,12 +141,7 @@ def render(model: str, n: int, clean: float, rows: list, fast_checked: int, fast
         f"(64 px, enlarged to 224 for corrupting, reduced back), clean accuracy after the round trip {clean:.3f}.",
         summary(rows) + " Frost's default layer is procedural rather than the reference's photographs (docs/corruptions.md).",
     ]
-    if fast_checked:
-        lines.append(f"Glass blur's reference images came from `scripts/glass_fast.py`, checked byte-identical to the package's "
-                     f"glass_blur on {fast_checked} image × severity cases in the same run (`--fast-glass {fast_k}`).")
-    lines.append("")
-    if kept_notes:
-        lines += [kept_notes, ""]
+    lines += provenance(fast_checked, kept_notes, f" (`--fast-glass {fast_k}`)")
     lines += [
         "| corruption | severity | ours | reference | ours − reference (pp) | within ±1.5 pp |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -267,12 +274,7 @@ def render_imagenet_c(raw: dict, kept_notes: str) -> str:
         f"Reference CPU time {raw['reference_seconds'] / 60:.0f} min, whole run {raw['total_seconds'] / 60:.0f} min "
         f"(`--jobs {raw['jobs']}`).",
     ]
-    if raw["fast_glass_checked"]:
-        lines.append(f"Glass blur's reference came from `scripts/glass_fast.py`, checked byte-identical to the package on "
-                     f"{raw['fast_glass_checked']} image × severity cases in the same run.")
-    lines.append("")
-    if kept_notes:
-        lines += [kept_notes, ""]
+    lines += provenance(raw["fast_glass_checked"], kept_notes)
     lines += [
         "| corruption | severity | ours | reference | ours − reference (pp) | within ±1 pp | same decision as reference | "
         "chain: same decision | chain: max \\|Δ\\| | chain: mean \\|Δ\\| |",

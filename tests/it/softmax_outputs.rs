@@ -17,25 +17,20 @@ use crate::util::*;
 
 const ZOO: &str = "models/zoo/cnn-baseline.fp32";
 
+type Records = HashMap<(ProbeSet, u32), Record>;
+
 fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
-    NodeProto {
-        op_type: op.into(),
-        name: format!("appended/{op}"),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        attribute,
-        ..Default::default()
-    }
+    let input = inputs.iter().map(|s| s.to_string()).collect();
+    NodeProto { op_type: op.into(), name: format!("appended/{op}"), input, output: vec![output.into()], attribute, ..Default::default() }
+}
+
+/// An integer attribute (ONNX `AttributeType::INT` is 2).
+fn int_attr(name: &str, i: i64) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: 2, i, ..Default::default() }
 }
 
 /// The zoo model with `tail` appended after its logits; output 0 becomes `out`.
-fn with_tail(
-    dir: &Path,
-    name: &str,
-    tail: Vec<NodeProto>,
-    inits: Vec<TensorProto>,
-    out: &str,
-) -> PathBuf {
+fn with_tail(dir: &Path, name: &str, tail: Vec<NodeProto>, inits: Vec<TensorProto>, out: &str) -> PathBuf {
     let mut m = read_model(&root().join(format!("{ZOO}.onnx"))).unwrap();
     let g = m.graph.as_mut().unwrap();
     g.node.extend(tail);
@@ -43,37 +38,19 @@ fn with_tail(
     g.output[0].name = out.into();
     let path = dir.join(format!("{name}.onnx"));
     write_model(&m, &path).unwrap();
-    std::fs::copy(
-        root().join(format!("{ZOO}.json")),
-        dir.join(format!("{name}.json")),
-    )
-    .unwrap();
+    std::fs::copy(root().join(format!("{ZOO}.json")), dir.join(format!("{name}.json"))).unwrap();
     path
 }
 
-fn run(model: &Path, out: &Path) -> (Header, HashMap<(ProbeSet, u32), Record>) {
+fn run(model: &Path, out: &Path) -> (Header, Records) {
     let st = Command::new(DEVICE)
         .args(["run", "--model"])
         .arg(model)
-        .args([
-            "--data",
-            "synth",
-            "--per-class",
-            "2",
-            "--probes",
-            "clean,adversarial",
-            "--attack-per-class",
-            "1",
-        ])
-        .arg("--out")
+        .args(["--data", "synth", "--per-class", "2", "--probes", "clean,adversarial", "--attack-per-class", "1", "--out"])
         .arg(out)
         .output()
         .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     let (frames, _) = decode_all(&std::fs::read(out).unwrap());
     let mut header = None;
     let mut records = HashMap::new();
@@ -89,40 +66,16 @@ fn run(model: &Path, out: &Path) -> (Header, HashMap<(ProbeSet, u32), Record>) {
     (header.expect("a header"), records)
 }
 
-fn assert_same(
-    what: &str,
-    got: &HashMap<(ProbeSet, u32), Record>,
-    want: &HashMap<(ProbeSet, u32), Record>,
-    sets: &[ProbeSet],
-) {
+fn assert_same(what: &str, got: &Records, want: &Records, sets: &[ProbeSet]) {
     let mut compared = 0;
     for (key, w) in want.iter().filter(|(k, _)| sets.contains(&k.0)) {
-        let g = got
-            .get(key)
-            .unwrap_or_else(|| panic!("{what}: no record for {key:?}"));
+        let g = got.get(key).unwrap_or_else(|| panic!("{what}: no record for {key:?}"));
         assert_eq!(g.prediction, w.prediction, "{what}: {key:?}");
-        assert!(
-            (g.confidence - w.confidence).abs() < 1e-5,
-            "{what}: {key:?} confidence {} vs {}",
-            g.confidence,
-            w.confidence
-        );
-        assert!(
-            (g.p_true - w.p_true).abs() < 1e-5,
-            "{what}: {key:?} p_true {} vs {}",
-            g.p_true,
-            w.p_true
-        );
+        assert!((g.confidence - w.confidence).abs() < 1e-5, "{what}: {key:?} confidence {} vs {}", g.confidence, w.confidence);
+        assert!((g.p_true - w.p_true).abs() < 1e-5, "{what}: {key:?} p_true {} vs {}", g.p_true, w.p_true);
         if let (Some(gp), Some(wp)) = (&g.probs, &w.probs) {
-            let worst = gp
-                .iter()
-                .zip(wp.iter())
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(
-                worst < 1e-5,
-                "{what}: {key:?} probabilities differ by {worst}"
-            );
+            let worst = gp.iter().zip(wp.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "{what}: {key:?} probabilities differ by {worst}");
         }
         compared += 1;
     }
@@ -132,22 +85,11 @@ fn assert_same(
 #[test]
 fn probabilities_from_the_graph_are_taken_as_given() {
     let dir = tmp_dir("softmax_outputs", "given");
-    let (plain_header, plain) = run(&root().join(format!("{ZOO}.onnx")), &dir.join("plain.qlog"));
+    let plain_model = root().join(format!("{ZOO}.onnx"));
+    let (plain_header, plain) = run(&plain_model, &dir.join("plain.qlog"));
     assert_eq!(plain_header.outputs, Outputs::Logits);
 
-    let axis = AttributeProto {
-        name: "axis".into(),
-        r#type: 2,
-        i: 1,
-        ..Default::default()
-    };
-    let softmax = with_tail(
-        &dir,
-        "softmax",
-        vec![node("Softmax", &["logits"], "probs", vec![axis])],
-        vec![],
-        "probs",
-    );
+    let softmax = with_tail(&dir, "softmax", vec![node("Softmax", &["logits"], "probs", vec![int_attr("axis", 1)])], vec![], "probs");
     let (h, records) = run(&softmax, &dir.join("softmax.qlog"));
     assert_eq!(h.outputs, Outputs::SoftmaxInGraph);
     // The attacks differentiate from the softmax's input, so they find the
@@ -155,30 +97,13 @@ fn probabilities_from_the_graph_are_taken_as_given() {
     let all = [ProbeSet::Clean, ProbeSet::Adversarial(Attack::Fgsm), ProbeSet::Adversarial(Attack::Pgd)];
     assert_same("softmax node", &records, &plain, &all);
 
-    let axes = TensorProto {
-        name: "axes".into(),
-        data_type: DataType::Int64 as i32,
-        dims: vec![1],
-        int64_data: vec![1],
-        ..Default::default()
-    };
-    let keep = AttributeProto {
-        name: "keepdims".into(),
-        r#type: 2,
-        i: 1,
-        ..Default::default()
-    };
-    let spelled = with_tail(
-        &dir,
-        "spelled",
-        vec![
-            node("Exp", &["logits"], "e", vec![]),
-            node("ReduceSum", &["e", "axes"], "sum", vec![keep]),
-            node("Div", &["e", "sum"], "probs", vec![]),
-        ],
-        vec![axes],
-        "probs",
-    );
+    let axes = TensorProto { name: "axes".into(), data_type: DataType::Int64 as i32, dims: vec![1], int64_data: vec![1], ..Default::default() };
+    let tail = vec![
+        node("Exp", &["logits"], "e", vec![]),
+        node("ReduceSum", &["e", "axes"], "sum", vec![int_attr("keepdims", 1)]),
+        node("Div", &["e", "sum"], "probs", vec![]),
+    ];
+    let spelled = with_tail(&dir, "spelled", tail, vec![axes], "probs");
     let (h, records) = run(&spelled, &dir.join("spelled.qlog"));
     assert_eq!(h.outputs, Outputs::RowsSumToOne);
     assert_same("spelled-out softmax", &records, &plain, &[ProbeSet::Clean]);
@@ -190,11 +115,9 @@ fn probabilities_from_the_graph_are_taken_as_given() {
     let batch = 4;
     let input: Vec<f32> = (0..batch * 3 * 64 * 64).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
     let labels = [0i64, 5, 9, 15];
-    let (_, want) = GradModel::load(&root().join(format!("{ZOO}.onnx")), batch).unwrap().logits_and_grad(&input, &labels).unwrap();
+    let (_, want) = GradModel::load(&plain_model, batch).unwrap().logits_and_grad(&input, &labels).unwrap();
     let (_, got) = GradModel::load_for(&spelled, batch, Outputs::RowsSumToOne).unwrap().logits_and_grad(&input, &labels).unwrap();
-    let dot: f64 = got.iter().zip(&want).map(|(a, b)| *a as f64 * *b as f64).sum();
-    let norm = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
-    let cos = dot / (norm(&got) * norm(&want));
+    let cos = cosine(&got, &want);
     assert!(1.0 - cos < 1e-6, "input gradient through the spelled-out softmax: cosine {cos} with the plain model's");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -50,3 +50,10 @@ macro_rules! tmp {
         $crate::util::tmp_dir(module_path!(), &$name)
     };
 }
+
+/// Cosine similarity of two gradients, in f64.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (n(a) * n(b))
+}

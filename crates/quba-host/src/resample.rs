@@ -150,7 +150,6 @@ impl Positions {
         self.counted(draw).flat_map(|(p, c)| std::iter::repeat(p).take(c as usize))
     }
 
-
     /// The position of universe entry `u` among the set's records, if it has it.
     pub fn lookup(&self, u: u32) -> Option<usize> {
         self.at.get(u as usize).copied().filter(|&p| p != ABSENT).map(|p| p as usize)

@@ -33,7 +33,9 @@ fn jpeg_pixels_equal_pillows() {
         let (differing, worst) = diff(&ours);
         assert_eq!(differing, 0, "{name}: {differing} of {} channel values differ from Pillow's, by up to {worst}", pillow.len());
         if let Ok(control) = image::open(&jpg) {
-            control_differs += (diff(&control.to_rgb8()).0 > 0) as usize;
+            let (d, worst) = diff(&control.to_rgb8());
+            eprintln!("{name}: image-rs differs from Pillow in {d} of {} values, by up to {worst}", pillow.len());
+            control_differs += (d > 0) as usize;
         }
     }
     assert_eq!(modes.into_iter().collect::<Vec<_>>(), ["CMYK", "L", "RGB"]);

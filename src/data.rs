@@ -14,8 +14,10 @@ use sha2::{Digest, Sha256};
 
 use crate::protocol::{Interpolation, Pipeline, Shard};
 
-/// Identifies the decoder in run headers: decoders move accuracy (docs/protocol.md).
-pub const DECODER: &str = "image-rs 0.25";
+/// Identifies the decoders in run headers: decoders move accuracy (docs/protocol.md).
+pub fn decoder() -> String {
+    format!("JPEG: {}; other formats: image-rs 0.25", crate::jpeg::DECODER)
+}
 
 const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "bmp", "webp"];
 
@@ -416,15 +418,20 @@ pub struct Loaded {
     pub cue: Option<u16>,
 }
 
-/// Decodes an image file to RGB; errors name the file.
+/// Decodes an image file to RGB; errors name the file. JPEG goes through
+/// Pillow's decoder (crate::jpeg), everything else through image-rs.
 pub fn decode(path: &Path) -> Result<image::RgbImage> {
     // A board has 0.5–8 GB: a file that declares a gigapixel image must fail
     // as one sample, before the decoder allocates for it. 256 MiB holds any
     // photograph a dataset has (an 8000 × 8000 RGBA is 244 MiB).
+    const MAX_ALLOC: usize = 256 << 20;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot open image {}", path.display()))?;
+    if crate::jpeg::is_jpeg(&bytes) {
+        return crate::jpeg::decode_rgb(&bytes, MAX_ALLOC).with_context(|| format!("image {} does not decode", path.display()));
+    }
     let mut limits = image::Limits::default();
-    limits.max_alloc = Some(256 << 20);
-    let mut reader = image::ImageReader::open(path)
-        .with_context(|| format!("cannot open image {}", path.display()))?
+    limits.max_alloc = Some(MAX_ALLOC as u64);
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .with_context(|| format!("cannot read image {}", path.display()))?;
     reader.limits(limits);

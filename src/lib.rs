@@ -32,6 +32,7 @@ pub mod execution;
 pub mod eval;
 pub mod grad;
 pub mod int8;
+pub mod jpeg;
 pub mod suite;
 pub mod synth;
 pub mod transport;

@@ -32,7 +32,7 @@ pub fn generator_crop(img: &RgbImage) -> Result<RgbImage> {
 /// Encodes as Pillow's `save(quality=q)` does for RGB (libjpeg: Annex K
 /// tables scaled by quality, 4:2:0 below quality 90 with averaged chroma,
 /// baseline) and decodes with the decoder every dataset file goes through
-/// (`data::DECODER`), so the pixels are those of the file read back.
+/// (`crate::jpeg`, Pillow's), so the pixels are those of the file read back.
 /// Pillow's `optimize=True` only re-derives the Huffman tables: the same
 /// coefficients, so the same pixels.
 pub fn jpeg_round_trip(img: &RgbImage, quality: u8) -> Result<RgbImage> {
@@ -40,7 +40,7 @@ pub fn jpeg_round_trip(img: &RgbImage, quality: u8) -> Result<RgbImage> {
     let (w16, h16) = (u16::try_from(w), u16::try_from(h));
     let (Ok(w16), Ok(h16)) = (w16, h16) else { anyhow::bail!("a {w}×{h} image is too large for JPEG (65535 per side)") };
     let bytes = jpeg_encode(img.as_raw(), w16, h16, quality)?;
-    Ok(image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg).context("decoding our own JPEG")?.to_rgb8())
+    crate::jpeg::decode_rgb(&bytes, usize::MAX).context("decoding our own JPEG")
 }
 
 /// The JPEG file's bytes, as [`jpeg_round_trip`] writes them.
@@ -118,7 +118,7 @@ mod tests {
         assert_eq!(tables_and_components(&ours), tables_and_components(&pillow));
         assert_eq!(tables_and_components(&pillow).1, vec![[0x22, 0], [0x11, 1], [0x11, 1]]);
         // Read back by the same decoder, the two files' pixels.
-        let decode = |b: &[u8]| image::load_from_memory_with_format(b, image::ImageFormat::Jpeg).unwrap().to_rgb8();
+        let decode = |b: &[u8]| crate::jpeg::decode_rgb(b, usize::MAX).unwrap();
         let (a, b) = (decode(&ours), decode(&pillow));
         // Not every pixel: read in YCbCr (Pillow's `draft`), the files differ
         // in one 8×8 luma block only, by up to 8 levels (a coefficient whose

@@ -289,7 +289,7 @@ pub fn run_cli(a: &CorruptArgs) -> Result<usize> {
         None => None,
     };
     for (src, dst, sample) in &jobs {
-        let img = image::open(src).with_context(|| format!("cannot read image {}", src.display()))?.to_rgb8();
+        let img = crate::data::decode(src)?;
         let seed = sample_seed(a.seed, *sample, a.corruption, a.severity);
         let (out, t) = match a.mode {
             CorruptionMode::Direct => corrupt_traced(&img, a.corruption, a.severity, seed, &opts),

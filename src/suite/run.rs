@@ -61,7 +61,7 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<End> {
         int8_format: engine.facts.int8_format.clone(),
         num_classes: engine.num_classes as u16,
         pipeline: pipeline.clone(),
-        decoder: data::DECODER.into(),
+        decoder: data::decoder(),
         benchmark,
         dataset_root: plan.clean.describe(),
         dataset_fingerprint: plan.fingerprint.clone(),

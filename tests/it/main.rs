@@ -20,6 +20,7 @@ mod int8_parity;
 mod mapping_parity;
 mod metrics_parity;
 mod pil_resize;
+mod pillow_jpeg;
 mod qemu;
 mod qemu_corrupt;
 mod resume;

@@ -49,7 +49,7 @@ fn predictions(run_dir: &str) -> Vec<(u64, u64, Vec<f64>)> {
 
 /// A QEMU board profile and its cross-built device binary, or None (test
 /// skipped) when the binary was not built and QUBA_REQUIRE_ARM is unset.
-fn emulated(profile: &str) -> Option<(quba_host::board::Board, PathBuf)> {
+pub(crate) fn emulated(profile: &str) -> Option<(quba_host::board::Board, PathBuf)> {
     let board = quba_host::board::load(profile).unwrap();
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
     let bin = quba_host::board::cross_device_binary(&target_dir, &board.triple);

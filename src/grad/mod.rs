@@ -10,6 +10,7 @@
 
 mod cli;
 mod graph;
+mod values;
 mod rules;
 
 use std::collections::{HashMap, HashSet};

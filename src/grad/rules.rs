@@ -114,7 +114,8 @@ impl Ctx<'_> {
 /// Writes the backward of `node` given the gradients of its outputs; returns
 /// (input index, gradient tensor) for each input that needs one.
 pub fn backward(cx: &mut Ctx, node: &NodeProto, dys: &[Option<String>]) -> Result<Vec<(usize, String)>> {
-    let dy = dys.first().cloned().flatten().context("internal: backward called without an output gradient")?;
+    // A Split output may go unused; its gradient is then absent.
+    let dy = dys.iter().flatten().next().cloned().context("internal: backward called without an output gradient")?;
     let x = node.input[0].as_str();
     let y = node.output[0].as_str();
     let op = node.op_type.as_str();
@@ -703,8 +704,11 @@ fn slice(cx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Vec<(usize, String)
         let lowest = if a.step > 0 { a.start } else { a.start + (a.count - 1) * a.step };
         let ax = a.axis as i64;
         if a.step < 0 {
-            let (s, e, axs, st) = (cx.b.ints(&[-1]), cx.b.ints(&[i64::MIN]), cx.b.ints(&[ax]), cx.b.ints(&[-1]));
-            g = cx.b.op("Slice", &[&g, &s, &e, &axs, &st], vec![]);
+            // A Gather, not a Slice with step −1: tract fails to optimise a
+            // negative-stride Slice that follows a Reshape.
+            let rev: Vec<i64> = (0..a.count).rev().collect();
+            let rev = cx.b.ints(&rev);
+            g = cx.b.op("Gather", &[&g, &rev], vec![a_int("axis", ax)]);
         }
         if k > 1 {
             let u = cx.b.unsqueeze(&g, &[ax + 1]);

@@ -227,7 +227,7 @@ pub fn eval(node: &NodeProto, f: &Facts) -> Result<Option<Value>> {
         "Cast" => {
             let to = DataType::try_from(attr_i(node, "to", 0) as i32).ok();
             match to {
-                Some(DataType::Bool) => elementwise(&[x], |a| Some(truth(equal(a[0], Dim::fixed(0))? == false)))?,
+                Some(DataType::Bool) => elementwise(&[x], |a| Some(truth(!equal(a[0], Dim::fixed(0))?)))?,
                 Some(
                     DataType::Int64 | DataType::Int32 | DataType::Int16 | DataType::Int8 | DataType::Uint8
                     | DataType::Uint16 | DataType::Uint32 | DataType::Uint64,

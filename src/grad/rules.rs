@@ -249,20 +249,39 @@ pub fn backward(cx: &mut Ctx, node: &NodeProto, dys: &[Option<String>]) -> Resul
             let axis = norm_axis(attr_i(node, "axis", 0), xs.len())?;
             let idx = cx.facts.ints(&node.input[1], node)?;
             let dim = xs[axis].value().context("Gather along a batch-sized axis is not supported")?;
-            if idx.len() != 1 || !cx.shape(&node.input[1], node)?.is_empty() {
-                bail!(
-                    "{}: only a scalar constant index is supported (got {} indices)",
-                    super::graph::node_label(node),
-                    idx.len()
-                );
+            let wrap = |i: i64| if i < 0 { i + dim } else { i };
+            if idx.len() == 1 && cx.shape(&node.input[1], node)?.is_empty() {
+                let i = wrap(idx[0]);
+                let g = cx.b.unsqueeze(&dy, &[axis as i64]);
+                let mut pads = vec![0i64; 2 * xs.len()];
+                pads[axis] = i;
+                pads[axis + xs.len()] = dim - 1 - i;
+                let pads = cx.b.ints(&pads);
+                return one(cx.b.op("Pad", &[&g, &pads], vec![]));
             }
-            let i = if idx[0] < 0 { idx[0] + dim } else { idx[0] };
-            let g = cx.b.unsqueeze(&dy, &[axis as i64]);
-            let mut pads = vec![0i64; 2 * xs.len()];
-            pads[axis] = i;
-            pads[axis + xs.len()] = dim - 1 - i;
-            let pads = cx.b.ints(&pads);
-            one(cx.b.op("Pad", &[&g, &pads], vec![]))
+            // Any index tensor (torch.export writes as_strided as one): dy is
+            // folded to [before, indices, after] and scatter-added into zeros
+            // folded the same way, so repeated indices accumulate.
+            let idx: Vec<i64> = idx.iter().map(|&i| wrap(i)).collect();
+            let fold = |mid: i64| -> Result<Vec<i64>> {
+                let (pre, post) = (product(&xs[..axis]).value(), product(&xs[axis + 1..]).value());
+                match (pre, post) {
+                    (None, None) => bail!("a Gather between two batch-sized axes is not supported"),
+                    (pre, post) => Ok(vec![pre.unwrap_or(-1), mid, post.unwrap_or(-1)]),
+                }
+            };
+            let (t_dy, t_x) = (fold(idx.len() as i64)?, fold(dim)?);
+            let (t_dy, t_x) = (cx.b.ints(&t_dy), cx.b.ints(&t_x));
+            let g = cx.b.op("Reshape", &[&dy, &t_dy], vec![]);
+            let name = cx.b.fresh("gather_indices");
+            cx.b.inits.push(super::graph::i64_tensor(&name, &[1, idx.len() as i64, 1], &idx));
+            let shape = cx.b.op("Shape", &[&g], vec![]);
+            let i = cx.b.op("Expand", &[&name, &shape], vec![]);
+            let zeros = zeros_like(&mut cx.b, x);
+            let zeros = cx.b.op("Reshape", &[&zeros, &t_x], vec![]);
+            let attrs = vec![a_int("axis", 1), a_str("reduction", "add")];
+            let dx = cx.b.op("ScatterElements", &[&zeros, &i, &g], attrs);
+            one(cx.b.reshape_like(&dx, x))
         }
         "Softmax" => {
             let rank = cx.facts.shape(x, node)?.len();

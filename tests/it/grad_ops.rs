@@ -451,6 +451,15 @@ fn fd_gather_scalar_index() {
     });
 }
 #[test]
+fn fd_gather_index_tensor_with_repeats() {
+    fd_case(48, &[], |g, _| {
+        // Repeated and negative indices: their gradients add up.
+        let i = g.ints(&[4, -1, 0, 2, 0, 1]);
+        g.inits.last_mut().unwrap().dims = vec![2, 3];
+        (g.op("Gather", &["x", &i], vec![a_int("axis", 2)]), 3 * 6 * 5)
+    });
+}
+#[test]
 fn fd_softmax() {
     fd_case(28, &[], |g, _| (g.op("Softmax", &["x"], vec![a_int("axis", 1)]), 75));
 }

@@ -379,7 +379,8 @@ impl Facts {
     }
 
     pub fn collect(graph: &pb::GraphProto, input: &str, input_shape: Shape) -> Result<Facts> {
-        let mut f = Facts { consts: HashMap::new(), shapes: HashMap::new(), values: HashMap::new(), why: HashMap::new() };
+        let (consts, shapes, values, why) = (HashMap::new(), HashMap::new(), HashMap::new(), HashMap::new());
+        let mut f = Facts { consts, shapes, values, why };
         for t in &graph.initializer {
             f.add_const(&t.name, decode_const(t));
         }
@@ -403,11 +404,13 @@ impl Facts {
             });
             match (value, node.output.first()) {
                 (Ok(Some(v)), Some(out)) => {
-                    f.shapes.entry(out.clone()).or_insert_with(|| v.shape.iter().map(|&d| Dim::fixed(d as i64)).collect());
+                    let dims = || v.shape.iter().map(|&d| Dim::fixed(d as i64)).collect();
+                    f.shapes.entry(out.clone()).or_insert_with(dims);
                     // A value free of the batch is an ordinary constant to the rules.
                     if let Some(ints) = v.fixed() {
                         let dims = v.shape.iter().map(|&d| d as i64).collect();
-                        f.consts.insert(out.clone(), Const { dims, ints: Some(ints), data_type: DataType::Int64 as i32 });
+                        let data_type = DataType::Int64 as i32;
+                        f.consts.insert(out.clone(), Const { dims, ints: Some(ints), data_type });
                     }
                     f.values.insert(out.clone(), v);
                 }
@@ -590,7 +593,8 @@ fn infer(node: &NodeProto, f: &Facts) -> Result<Vec<Option<Shape>>> {
             let axis = norm_axis(attr_i(node, "axis", 0), x.len())?;
             let d = x[axis].value().context("Split along the batch-sized axis is not supported")?;
             let sizes = split_sizes(node, f, d)?;
-            Ok(sizes.iter().map(|&k| Some(x.iter().enumerate().map(|(i, &v)| if i == axis { Dim::fixed(k) } else { v }).collect())).collect())
+            let piece = |k: i64| (0..x.len()).map(|i| if i == axis { Dim::fixed(k) } else { x[i] }).collect();
+            Ok(sizes.iter().map(|&k| Some(piece(k))).collect())
         }
         "ScatterND" | "ScatterElements" => one(x),
         "Einsum" => {
@@ -663,7 +667,8 @@ pub struct Einsum {
 
 impl Einsum {
     pub fn parse(node: &NodeProto) -> Result<Einsum> {
-        let eq: String = attr_s(node, "equation").context("Einsum without equation")?.chars().filter(|c| !c.is_whitespace()).collect();
+        let eq = attr_s(node, "equation").context("Einsum without equation")?;
+        let eq: String = eq.chars().filter(|c| !c.is_whitespace()).collect();
         if eq.contains("...") {
             bail!("Einsum with an ellipsis is not supported ({eq})");
         }
@@ -671,7 +676,8 @@ impl Einsum {
             Some((l, o)) => (l.to_string(), o.to_string()),
             None => {
                 // Implicit mode: the letters used once, in alphabetical order.
-                let mut once: Vec<char> = eq.chars().filter(|c| c.is_alphabetic() && eq.matches(*c).count() == 1).collect();
+                let mut once: Vec<char> =
+                    eq.chars().filter(|c| c.is_alphabetic() && eq.matches(*c).count() == 1).collect();
                 once.sort_unstable();
                 (eq.clone(), once.into_iter().collect())
             }

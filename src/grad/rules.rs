@@ -745,7 +745,8 @@ fn slice(cx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Vec<(usize, String)
                 })
                 .collect();
             if shape.iter().filter(|&&v| v == -1).count() > 1 {
-                bail!("{}: a strided Slice before two batch-sized axes is not supported", super::graph::node_label(node));
+                let label = super::graph::node_label(node);
+                bail!("{label}: a strided Slice before two batch-sized axes is not supported");
             }
             let target = cx.b.ints(&shape);
             g = cx.b.op("Reshape", &[&spread, &target], vec![]);

@@ -338,8 +338,12 @@ pub fn eval(node: &NodeProto, f: &Facts) -> Result<Option<Value>> {
                 "And" => elementwise(&parts, |a| Some(truth(a[0] != Dim::fixed(0) && a[1] != Dim::fixed(0))))?,
                 "Or" => elementwise(&parts, |a| Some(truth(a[0] != Dim::fixed(0) || a[1] != Dim::fixed(0))))?,
                 "Where" => elementwise(&parts, |a| Some(if a[0] != Dim::fixed(0) { a[1] } else { a[2] }))?,
-                "Min" => elementwise(&parts, |a| a.iter().try_fold(a[0], |m, &v| Some(if less(v, m)? { v } else { m })))?,
-                "Max" => elementwise(&parts, |a| a.iter().try_fold(a[0], |m, &v| Some(if less(m, v)? { v } else { m })))?,
+                "Min" => elementwise(&parts, |a| {
+                    a.iter().try_fold(a[0], |m, &v| Some(if less(v, m)? { v } else { m }))
+                })?,
+                "Max" => elementwise(&parts, |a| {
+                    a.iter().try_fold(a[0], |m, &v| Some(if less(m, v)? { v } else { m }))
+                })?,
                 _ => return Ok(None),
             }
         }

@@ -303,10 +303,10 @@ pub fn backward(cx: &mut Ctx, node: &NodeProto, dys: &[Option<String>]) -> Resul
         "Cast" => {
             let to = DataType::try_from(attr_i(node, "to", 0) as i32).ok();
             if !matches!(to, Some(DataType::Float | DataType::Double | DataType::Float16 | DataType::Bfloat16)) {
-                bail!("{}: a Cast to {to:?} on the input path has no gradient", super::graph::node_label(node));
+                let to = to.map_or("an unknown type", |t| t.as_str_name());
+                bail!("{}: a Cast to {to} on the input path has no gradient", super::graph::node_label(node));
             }
-            let xt = DataType::Float as i64;
-            one(b.op("Cast", &[&dy], vec![a_int("to", xt)]))
+            one(b.op("Cast", &[&dy], vec![a_int("to", DataType::Float as i64)]))
         }
         "Sqrt" => {
             let q = b.op("Div", &[&dy, y], vec![]);

@@ -233,6 +233,12 @@ pub fn build(model: &pb::ModelProto) -> Result<(pb::ModelProto, GradInfo)> {
 
     let mut b = Builder::new(graph, opset);
     let mut forward: Vec<NodeProto> = graph.node.clone();
+    // ONNX's default ConstantOfShape value is a float32 zero; tract makes it
+    // f64 (torch.export's Swin-T mask then meets f32 in a MatMul), so the
+    // default is written out.
+    for node in forward.iter_mut().filter(|n| n.op_type == "ConstantOfShape" && graph::attr(n, "value").is_none()) {
+        node.attribute.push(graph::a_f32_tensor("value", 0.0));
+    }
     for &i in &active {
         let node = &mut forward[i];
         if node.op_type == "MaxPool" {

@@ -625,6 +625,16 @@ fn fd_dynamic_shape_arithmetic_with_a_symbolic_batch() {
     });
 }
 #[test]
+fn constant_of_shape_without_value_is_float32_zero() {
+    // ONNX's default; tract alone would make it f64 and fail to type the Add.
+    fd_case(49, &[], |g, _| {
+        let shape = g.ints(&[1, 1, 5, 5]);
+        let z = g.op("ConstantOfShape", &[&shape], vec![]);
+        let e = g.op("Exp", &["x"], vec![]);
+        (g.op("Add", &[&e, &z], vec![]), 75)
+    });
+}
+#[test]
 fn fd_sqrt_pow() {
     fd_case(45, &[], |g, _| {
         let sq = g.op("Mul", &["x", "x"], vec![]);

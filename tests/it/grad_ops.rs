@@ -329,6 +329,19 @@ fn fd_maxpool_overlapping() {
     check_fd(&m, &x);
 }
 #[test]
+fn maxpool_gradient_of_an_opset13_model_imports_opset16() {
+    // ScatterElements' reduction, which the backward uses, needs opset 16.
+    let mut rng = ChaCha8Rng::seed_from_u64(50);
+    let mut g = Graph::new();
+    g.opset = 13;
+    let y = g.op("MaxPool", &["x"], vec![a_ints("kernel_shape", &[3, 3]), a_ints("strides", &[2, 2])]);
+    let m = g.classifier(&y, 3 * 2 * 2, &mut rng);
+    let grad = quba_edge::grad::gradient_graph(&m).unwrap();
+    assert_eq!(grad.opset_import.iter().map(|o| o.version).collect::<Vec<_>>(), vec![16]);
+    let x = input(&mut rng, &[], 0.02);
+    GradModel::from_proto(&m, 2).unwrap().logits_and_grad(&x, &[0, 1]).unwrap();
+}
+#[test]
 fn fd_average_pool_excluding_pad() {
     fd_case(13, &[], |g, _| {
         let attrs = vec![a_ints("kernel_shape", &[3, 3]), a_ints("strides", &[2, 2]), a_ints("pads", &[1, 1, 1, 1])];

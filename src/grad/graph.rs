@@ -365,7 +365,8 @@ impl Facts {
     pub fn dims(&self, name: &str, node: &NodeProto) -> Result<&[Dim]> {
         self.values.get(name).map(|v| v.data.as_slice()).with_context(|| {
             let why = self.why.get(name).map(|w| format!(" ({w})")).unwrap_or_default();
-            format!("{}: input '{name}' must be an integer tensor known before the input is{why}", node_label(node))
+            let label = node_label(node);
+            format!("{label}: input '{name}' must be an integer tensor computable from constants and shapes{why}")
         })
     }
 
@@ -607,7 +608,8 @@ fn infer(node: &NodeProto, f: &Facts) -> Result<Vec<Option<Shape>>> {
                 }
                 letters.extend(spec.chars().zip(shape));
             }
-            one(eq.output.chars().map(|c| letters[&c]).collect())
+            let dim = |c: char| letters.get(&c).copied().with_context(|| format!("no operand has subscript '{c}'"));
+            one(eq.output.chars().map(dim).collect::<Result<_>>()?)
         }
         "Transpose" => {
             let perm = attr_ints(node, "perm").unwrap_or_else(|| (0..x.len() as i64).rev().collect());

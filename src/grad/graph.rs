@@ -11,6 +11,8 @@ use std::collections::{HashMap, HashSet};
 use anyhow::{bail, Context, Result};
 use tract_onnx::pb::{self, attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, NodeProto};
 
+use super::values::{pad_amounts, slice_axes, split_sizes, Value};
+
 /// A dimension `k · N^p`, N being the model's batch. Monomials are enough for
 /// what classifiers do with the batch (keep it, fold it into a reshape, split
 /// it back out) and let a `-1` in a Reshape be resolved exactly.
@@ -32,12 +34,33 @@ impl Dim {
         (self.p == 0).then_some(self.k)
     }
 
-    fn mul(self, o: Dim) -> Dim {
+    pub fn mul(self, o: Dim) -> Dim {
+        if self.k == 0 || o.k == 0 {
+            return Dim::fixed(0);
+        }
         Dim { k: self.k * o.k, p: self.p + o.p }
     }
 
     fn div(self, o: Dim) -> Option<Dim> {
         (o.k != 0 && self.k % o.k == 0 && self.p >= o.p).then(|| Dim { k: self.k / o.k, p: self.p - o.p })
+    }
+
+    /// `None` when the sum is not a monomial (e.g. N + 1).
+    pub fn add(self, o: Dim) -> Option<Dim> {
+        match (self.k, o.k) {
+            (0, _) => Some(o),
+            (_, 0) => Some(self),
+            _ if self.p == o.p && self.k + o.k == 0 => Some(Dim::fixed(0)),
+            _ => (self.p == o.p).then_some(Dim { k: self.k + o.k, p: self.p }),
+        }
+    }
+
+    /// ONNX integer Div (truncating) on fixed values; exact division otherwise.
+    pub fn div_trunc(self, o: Dim) -> Option<Dim> {
+        match (self.value(), o.value()) {
+            (Some(a), Some(b)) => a.checked_div(b).map(Dim::fixed),
+            _ => self.div(o),
+        }
     }
 }
 
@@ -312,6 +335,8 @@ impl Builder {
 pub struct Facts {
     pub consts: HashMap<String, Const>,
     pub shapes: HashMap<String, Shape>,
+    /// Integer tensors known at build time, shape arithmetic included.
+    pub values: HashMap<String, Value>,
     /// Why a shape is missing, when inference failed.
     pub why: HashMap<String, String>,
 }
@@ -336,31 +361,62 @@ impl Facts {
         })
     }
 
+    /// The value of `name` as dimensions (the batch may appear in it).
+    pub fn dims(&self, name: &str, node: &NodeProto) -> Result<&[Dim]> {
+        self.values.get(name).map(|v| v.data.as_slice()).with_context(|| {
+            let why = self.why.get(name).map(|w| format!(" ({w})")).unwrap_or_default();
+            let label = node_label(node);
+            format!("{label}: input '{name}' must be an integer tensor computable from constants and shapes{why}")
+        })
+    }
+
+    fn add_const(&mut self, name: &str, c: Const) {
+        self.shapes.insert(name.to_string(), c.dims.iter().map(|&d| Dim::fixed(d)).collect());
+        if let Some(ints) = &c.ints {
+            let shape = c.dims.iter().map(|&d| d as usize).collect();
+            self.values.insert(name.to_string(), Value { shape, data: ints.iter().map(|&v| Dim::fixed(v)).collect() });
+        }
+        self.consts.insert(name.to_string(), c);
+    }
+
     pub fn collect(graph: &pb::GraphProto, input: &str, input_shape: Shape) -> Result<Facts> {
-        let consts: HashMap<String, Const> =
-            graph.initializer.iter().map(|t| (t.name.clone(), decode_const(t))).collect();
-        let shapes = consts.iter().map(|(n, c)| (n.clone(), c.dims.iter().map(|&d| Dim::fixed(d)).collect())).collect();
-        let mut f = Facts { consts, shapes, why: HashMap::new() };
+        let (consts, shapes, values, why) = (HashMap::new(), HashMap::new(), HashMap::new(), HashMap::new());
+        let mut f = Facts { consts, shapes, values, why };
+        for t in &graph.initializer {
+            f.add_const(&t.name, decode_const(t));
+        }
         f.shapes.insert(input.to_string(), input_shape);
         for node in &graph.node {
             if node.op_type == "Constant" {
                 if let (Some(c), Some(out)) = (constant_node_value(node), node.output.first()) {
-                    f.shapes.insert(out.clone(), c.dims.iter().map(|&d| Dim::fixed(d)).collect());
-                    f.consts.insert(out.clone(), c);
+                    f.add_const(out, c);
                 }
                 continue;
             }
             // A failure only matters if the backward pass needs this shape, so
             // it is kept as the reason instead of aborting here.
-            match infer(node, &f) {
-                Ok(outs) => {
-                    for (name, s) in node.output.iter().zip(outs) {
-                        if let Some(s) = s {
-                            f.shapes.insert(name.clone(), s);
-                        }
+            let value = infer(node, &f).and_then(|outs| {
+                for (name, s) in node.output.iter().zip(outs) {
+                    if let Some(s) = s {
+                        f.shapes.insert(name.clone(), s);
                     }
                 }
-                Err(e) => {
+                super::values::eval(node, &f)
+            });
+            match (value, node.output.first()) {
+                (Ok(Some(v)), Some(out)) => {
+                    let dims = || v.shape.iter().map(|&d| Dim::fixed(d as i64)).collect();
+                    f.shapes.entry(out.clone()).or_insert_with(dims);
+                    // A value free of the batch is an ordinary constant to the rules.
+                    if let Some(ints) = v.fixed() {
+                        let dims = v.shape.iter().map(|&d| d as i64).collect();
+                        let data_type = DataType::Int64 as i32;
+                        f.consts.insert(out.clone(), Const { dims, ints: Some(ints), data_type });
+                    }
+                    f.values.insert(out.clone(), v);
+                }
+                (Ok(_), _) => {}
+                (Err(e), _) => {
                     for name in &node.output {
                         f.why.insert(name.clone(), format!("{}: {e:#}", node_label(node)));
                     }
@@ -428,7 +484,8 @@ fn infer(node: &NodeProto, f: &Facts) -> Result<Vec<Option<Shape>>> {
         | "Cos" | "Sin" | "Floor" | "Ceil" | "Round" | "Softplus" | "Softsign" | "Selu" | "Gelu" | "Mish" | "Not" => {
             one(x)
         }
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Sum" | "Equal" | "Greater" | "Less" | "Where" => {
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Sum" | "Equal" | "Greater" | "Less" | "Where" | "Mod"
+        | "And" | "Or" | "Xor" | "GreaterOrEqual" | "LessOrEqual" => {
             let mut acc = x;
             for i in 1..node.input.len() {
                 let Some(o) = s(i) else { return Ok(vec![None]) };
@@ -492,27 +549,67 @@ fn infer(node: &NodeProto, f: &Facts) -> Result<Vec<Option<Shape>>> {
             one(vec![product(&x[..axis]), product(&x[axis..])])
         }
         "Reshape" => {
-            let target = f.ints(&node.input[1], node)?;
+            let target = f.dims(&node.input[1], node)?;
             let allow_zero = attr_i(node, "allowzero", 0) == 1;
             let mut out: Vec<Option<Dim>> = target
                 .iter()
                 .enumerate()
-                .map(|(i, &t)| match t {
-                    -1 => None,
-                    0 if !allow_zero => Some(x[i]),
-                    t => Some(Dim::fixed(t)),
+                .map(|(i, &t)| match t.value() {
+                    Some(-1) => None,
+                    Some(0) if !allow_zero => Some(x[i]),
+                    _ => Some(t),
                 })
                 .collect();
             if let Some(hole) = out.iter().position(|d| d.is_none()) {
                 let known = product(&out.iter().flatten().copied().collect::<Vec<_>>());
                 let total = product(&x);
-                out[hole] = Some(
-                    total
-                        .div(known)
-                        .with_context(|| format!("cannot resolve -1 in Reshape of {} to {target:?}", show(&x)))?,
-                );
+                out[hole] = Some(total.div(known).with_context(|| {
+                    format!("cannot resolve -1 in Reshape of {} to {}", show(&x), show(target))
+                })?);
             }
             one(out.into_iter().map(|d| d.unwrap()).collect())
+        }
+        "ConstantOfShape" => one(f.dims(&node.input[0], node)?.to_vec()),
+        "Expand" => {
+            let to = f.dims(&node.input[1], node)?;
+            one(broadcast(&x, to).with_context(|| format!("cannot expand {} to {}", show(&x), show(to)))?)
+        }
+        "Slice" => {
+            let mut out = x.clone();
+            for a in slice_axes(node, f, &x)? {
+                out[a.axis] = Dim::fixed(a.count);
+            }
+            one(out)
+        }
+        "Pad" => {
+            let pads = pad_amounts(node, f, x.len())?;
+            let out = x.iter().zip(&pads).map(|(&d, &(b, e))| match (b + e, d.value()) {
+                (0, _) => Ok(d),
+                (p, Some(v)) => Ok(Dim::fixed(v + p)),
+                _ => bail!("Pad along the batch-sized axis is not supported"),
+            });
+            one(out.collect::<Result<_>>()?)
+        }
+        "Split" => {
+            let axis = norm_axis(attr_i(node, "axis", 0), x.len())?;
+            let d = x[axis].value().context("Split along the batch-sized axis is not supported")?;
+            let sizes = split_sizes(node, f, d)?;
+            let piece = |k: i64| (0..x.len()).map(|i| if i == axis { Dim::fixed(k) } else { x[i] }).collect();
+            Ok(sizes.iter().map(|&k| Some(piece(k))).collect())
+        }
+        "ScatterND" | "ScatterElements" => one(x),
+        "Einsum" => {
+            let eq = Einsum::parse(node)?;
+            let mut letters: HashMap<char, Dim> = HashMap::new();
+            for (i, spec) in eq.inputs.iter().enumerate() {
+                let shape = s(i).context("operand shape unknown")?;
+                if shape.len() != spec.len() {
+                    bail!("operand {i} has rank {} but the equation names {} axes", shape.len(), spec.len());
+                }
+                letters.extend(spec.chars().zip(shape));
+            }
+            let dim = |c: char| letters.get(&c).copied().with_context(|| format!("no operand has subscript '{c}'"));
+            one(eq.output.chars().map(dim).collect::<Result<_>>()?)
         }
         "Transpose" => {
             let perm = attr_ints(node, "perm").unwrap_or_else(|| (0..x.len() as i64).rev().collect());
@@ -561,6 +658,37 @@ fn infer(node: &NodeProto, f: &Facts) -> Result<Vec<Option<Shape>>> {
             one(out)
         }
         _ => Ok(vec![]),
+    }
+}
+
+/// An Einsum equation without ellipsis, spaces removed; implicit outputs made explicit.
+pub struct Einsum {
+    pub inputs: Vec<String>,
+    pub output: String,
+}
+
+impl Einsum {
+    pub fn parse(node: &NodeProto) -> Result<Einsum> {
+        let eq = attr_s(node, "equation").context("Einsum without equation")?;
+        let eq: String = eq.chars().filter(|c| !c.is_whitespace()).collect();
+        if eq.contains("...") {
+            bail!("Einsum with an ellipsis is not supported ({eq})");
+        }
+        let (lhs, out) = match eq.split_once("->") {
+            Some((l, o)) => (l.to_string(), o.to_string()),
+            None => {
+                // Implicit mode: the letters used once, in alphabetical order.
+                let mut once: Vec<char> =
+                    eq.chars().filter(|c| c.is_alphabetic() && eq.matches(*c).count() == 1).collect();
+                once.sort_unstable();
+                (eq.clone(), once.into_iter().collect())
+            }
+        };
+        let inputs: Vec<String> = lhs.split(',').map(str::to_string).collect();
+        if inputs.len() != node.input.len() {
+            bail!("equation {eq} names {} operands, the node has {}", inputs.len(), node.input.len());
+        }
+        Ok(Einsum { inputs, output: out })
     }
 }
 

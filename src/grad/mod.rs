@@ -10,6 +10,7 @@
 
 mod cli;
 mod graph;
+mod values;
 mod rules;
 
 use std::collections::{HashMap, HashSet};
@@ -232,6 +233,12 @@ pub fn build(model: &pb::ModelProto) -> Result<(pb::ModelProto, GradInfo)> {
 
     let mut b = Builder::new(graph, opset);
     let mut forward: Vec<NodeProto> = graph.node.clone();
+    // ONNX's default ConstantOfShape value is a float32 zero; tract makes it
+    // f64 (torch.export's Swin-T mask then meets f32 in a MatMul), so the
+    // default is written out.
+    for node in forward.iter_mut().filter(|n| n.op_type == "ConstantOfShape" && graph::attr(n, "value").is_none()) {
+        node.attribute.push(graph::a_f32_tensor("value", 0.0));
+    }
     for &i in &active {
         let node = &mut forward[i];
         if node.op_type == "MaxPool" {
@@ -301,6 +308,19 @@ pub fn build(model: &pb::ModelProto) -> Result<(pb::ModelProto, GradInfo)> {
     g.input.insert(1, value_info(LABELS_INPUT, DataType::Int64, in_dims[..1].to_vec()));
     g.output = vec![out.clone(), value_info(GRAD_OUTPUT, DataType::Float, in_dims)];
     let mut m = model.clone();
+    // ScatterElements' `reduction` (the MaxPool and Gather backward) exists
+    // from opset 16 on; onnxruntime rejects it in an older graph. From 13 to
+    // 16 the forward's ops only gained types and attributes whose defaults
+    // keep their meaning, except RoiAlign's sampling default.
+    if opset < 16 && g.node.iter().any(|n| graph::attr(n, "reduction").is_some()) {
+        if let Some(n) = g.node.iter().find(|n| n.op_type == "RoiAlign") {
+            let why = "its meaning changes at opset 16, which the gradient graph needs; re-export with opset 17";
+            bail!("{}: {why}", node_label(n));
+        }
+        for o in m.opset_import.iter_mut().filter(|o| o.domain.is_empty() || o.domain == "ai.onnx") {
+            o.version = 16;
+        }
+    }
     m.graph = Some(g);
     m.producer_name = format!("quba-edge {} (input gradient of: {})", env!("CARGO_PKG_VERSION"), model.producer_name);
     let item_shape = in_shape[1..].iter().map(|d| d.value().unwrap() as usize).collect();

@@ -13,8 +13,9 @@ use tract_onnx::pb::{tensor_proto::DataType, NodeProto};
 
 use super::graph::{
     a_f32_tensor, a_float, a_int, a_ints, a_str, attr, attr_f, attr_i, attr_ints, explicit_pads, norm_axis, product,
-    reduce_axes, show, Builder, Dim, Facts, Shape,
+    reduce_axes, show, Builder, Dim, Einsum, Facts, Shape,
 };
+use super::values::{pad_amounts, slice_axes};
 
 /// Ops whose backward rule exists. Checked for every node on the path from
 /// the input to the logits before anything is written.
@@ -22,13 +23,16 @@ pub const SUPPORTED: &[&str] = &[
     "Add",
     "AveragePool",
     "BatchNormalization",
+    "Cast",
     "Clip",
     "Concat",
     "Conv",
     "DequantizeLinear",
     "Div",
+    "Einsum",
     "Erf",
     "Exp",
+    "Expand",
     "Flatten",
     "Gather",
     "Gemm",
@@ -43,25 +47,32 @@ pub const SUPPORTED: &[&str] = &[
     "MaxPool",
     "Mul",
     "Neg",
+    "Pad",
+    "Pow",
     "QuantizeLinear",
     "ReduceMean",
     "ReduceSum",
     "Relu",
     "Reshape",
     "Sigmoid",
+    "Slice",
     "Softmax",
+    "Split",
+    "Sqrt",
     "Squeeze",
     "Sub",
     "Tanh",
     "Transpose",
     "Unsqueeze",
+    "Where",
 ];
 
 /// Which inputs of an op carry a gradient at all (the rest are weights, shapes,
 /// axes, quantisation parameters).
 pub fn data_inputs(op: &str, n_inputs: usize) -> Vec<usize> {
     match op {
-        "Add" | "Sub" | "Mul" | "Div" | "MatMul" | "Concat" => (0..n_inputs).collect(),
+        "Add" | "Sub" | "Mul" | "Div" | "MatMul" | "Concat" | "Einsum" | "Pow" => (0..n_inputs).collect(),
+        "Where" => vec![1, 2],
         "Gemm" => (0..n_inputs.min(3)).collect(),
         "Conv" | "LayerNormalization" | "BatchNormalization" => (0..n_inputs).collect(),
         _ => vec![0],
@@ -103,7 +114,8 @@ impl Ctx<'_> {
 /// Writes the backward of `node` given the gradients of its outputs; returns
 /// (input index, gradient tensor) for each input that needs one.
 pub fn backward(cx: &mut Ctx, node: &NodeProto, dys: &[Option<String>]) -> Result<Vec<(usize, String)>> {
-    let dy = dys.first().cloned().flatten().context("internal: backward called without an output gradient")?;
+    // A Split output may go unused; its gradient is then absent.
+    let dy = dys.iter().flatten().next().cloned().context("internal: backward called without an output gradient")?;
     let x = node.input[0].as_str();
     let y = node.output[0].as_str();
     let op = node.op_type.as_str();
@@ -237,20 +249,39 @@ pub fn backward(cx: &mut Ctx, node: &NodeProto, dys: &[Option<String>]) -> Resul
             let axis = norm_axis(attr_i(node, "axis", 0), xs.len())?;
             let idx = cx.facts.ints(&node.input[1], node)?;
             let dim = xs[axis].value().context("Gather along a batch-sized axis is not supported")?;
-            if idx.len() != 1 || !cx.shape(&node.input[1], node)?.is_empty() {
-                bail!(
-                    "{}: only a scalar constant index is supported (got {} indices)",
-                    super::graph::node_label(node),
-                    idx.len()
-                );
+            let wrap = |i: i64| if i < 0 { i + dim } else { i };
+            if idx.len() == 1 && cx.shape(&node.input[1], node)?.is_empty() {
+                let i = wrap(idx[0]);
+                let g = cx.b.unsqueeze(&dy, &[axis as i64]);
+                let mut pads = vec![0i64; 2 * xs.len()];
+                pads[axis] = i;
+                pads[axis + xs.len()] = dim - 1 - i;
+                let pads = cx.b.ints(&pads);
+                return one(cx.b.op("Pad", &[&g, &pads], vec![]));
             }
-            let i = if idx[0] < 0 { idx[0] + dim } else { idx[0] };
-            let g = cx.b.unsqueeze(&dy, &[axis as i64]);
-            let mut pads = vec![0i64; 2 * xs.len()];
-            pads[axis] = i;
-            pads[axis + xs.len()] = dim - 1 - i;
-            let pads = cx.b.ints(&pads);
-            one(cx.b.op("Pad", &[&g, &pads], vec![]))
+            // Any index tensor (torch.export writes as_strided as one): dy is
+            // folded to [before, indices, after] and scatter-added into zeros
+            // folded the same way, so repeated indices accumulate.
+            let idx: Vec<i64> = idx.iter().map(|&i| wrap(i)).collect();
+            let fold = |mid: i64| -> Result<Vec<i64>> {
+                let (pre, post) = (product(&xs[..axis]).value(), product(&xs[axis + 1..]).value());
+                match (pre, post) {
+                    (None, None) => bail!("a Gather between two batch-sized axes is not supported"),
+                    (pre, post) => Ok(vec![pre.unwrap_or(-1), mid, post.unwrap_or(-1)]),
+                }
+            };
+            let (t_dy, t_x) = (fold(idx.len() as i64)?, fold(dim)?);
+            let (t_dy, t_x) = (cx.b.ints(&t_dy), cx.b.ints(&t_x));
+            let g = cx.b.op("Reshape", &[&dy, &t_dy], vec![]);
+            let name = cx.b.fresh("gather_indices");
+            cx.b.inits.push(super::graph::i64_tensor(&name, &[1, idx.len() as i64, 1], &idx));
+            let shape = cx.b.op("Shape", &[&g], vec![]);
+            let i = cx.b.op("Expand", &[&name, &shape], vec![]);
+            let zeros = zeros_like(&mut cx.b, x);
+            let zeros = cx.b.op("Reshape", &[&zeros, &t_x], vec![]);
+            let attrs = vec![a_int("axis", 1), a_str("reduction", "add")];
+            let dx = cx.b.op("ScatterElements", &[&zeros, &i, &g], attrs);
+            one(cx.b.reshape_like(&dx, x))
         }
         "Softmax" => {
             let rank = cx.facts.shape(x, node)?.len();
@@ -269,6 +300,52 @@ pub fn backward(cx: &mut Ctx, node: &NodeProto, dys: &[Option<String>]) -> Resul
             one(b.op("Sub", &[&dy, &ps], vec![]))
         }
         "LayerNormalization" => layer_norm(cx, node, &dy),
+        "Cast" => {
+            let to = DataType::try_from(attr_i(node, "to", 0) as i32).ok();
+            if !matches!(to, Some(DataType::Float | DataType::Double | DataType::Float16 | DataType::Bfloat16)) {
+                let to = to.map_or("an unknown type", |t| t.as_str_name());
+                bail!("{}: a Cast to {to} on the input path has no gradient", super::graph::node_label(node));
+            }
+            one(b.op("Cast", &[&dy], vec![a_int("to", DataType::Float as i64)]))
+        }
+        "Sqrt" => {
+            let q = b.op("Div", &[&dy, y], vec![]);
+            one(b.scale(&q, 0.5))
+        }
+        "Pow" => pow(cx, node, &dy),
+        "Expand" => {
+            let (xs, ys) = (cx.shape(x, node)?, cx.shape(y, node)?);
+            one(cx.unbroadcast(&dy, &ys, &xs))
+        }
+        "Where" => {
+            let ys = cx.shape(y, node)?;
+            let zeros = zeros_like(&mut cx.b, y);
+            let mut out = vec![];
+            for i in [1, 2] {
+                if cx.needs(node, i) {
+                    let (t, f) = if i == 1 { (dy.as_str(), zeros.as_str()) } else { (zeros.as_str(), dy.as_str()) };
+                    let g = cx.b.op("Where", &[x, t, f], vec![]);
+                    let to = cx.shape(&node.input[i], node)?;
+                    out.push((i, cx.unbroadcast(&g, &ys, &to)));
+                }
+            }
+            Ok(out)
+        }
+        "Pad" => pad(cx, node, &dy),
+        "Slice" => slice(cx, node, &dy),
+        "Split" => {
+            let rank = cx.shape(x, node)?.len();
+            let axis = norm_axis(attr_i(node, "axis", 0), rank)? as i64;
+            let parts: Vec<String> = node
+                .output
+                .iter()
+                .zip(dys)
+                .map(|(o, g)| g.clone().unwrap_or_else(|| zeros_like(&mut cx.b, o)))
+                .collect();
+            let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+            one(cx.b.op("Concat", &refs, vec![a_int("axis", axis)]))
+        }
+        "Einsum" => einsum(cx, node, &dy),
         "BatchNormalization" => {
             if attr_i(node, "training_mode", 0) != 0 {
                 bail!("{}: training-mode BatchNormalization is not supported", super::graph::node_label(node));
@@ -287,6 +364,12 @@ pub fn backward(cx: &mut Ctx, node: &NodeProto, dys: &[Option<String>]) -> Resul
         }
         _ => bail!("internal: no backward rule for {op}"),
     }
+}
+
+/// Zeros shaped like `like`, whose shape may hold the symbolic batch.
+fn zeros_like(b: &mut Builder, like: &str) -> String {
+    let shape = b.op("Shape", &[like], vec![]);
+    b.op("ConstantOfShape", &[&shape], vec![a_f32_tensor("value", 0.0)])
 }
 
 /// 1 strictly inside (0, 1), 0 at and beyond the ends, for `v` in [0, 1].
@@ -567,4 +650,144 @@ fn layer_norm(cx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Vec<(usize, St
     let d = b.op("Sub", &[&g, &mg], vec![]);
     let d = b.op("Sub", &[&d, &t], vec![]);
     Ok(vec![(0, b.mul(&d, &rstd))])
+}
+
+/// d(x^p)/dx = p·x^(p−1); the exponent must not depend on the input.
+fn pow(cx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Vec<(usize, String)>> {
+    refuse_weight_grad(cx, node, &[1], "exponent")?;
+    let (x, p) = (node.input[0].as_str(), node.input[1].as_str());
+    let (xs, ys) = (cx.shape(x, node)?, cx.shape(&node.output[0], node)?);
+    let b = &mut cx.b;
+    let one_c = b.scalar(1.0);
+    let pm1 = b.op("Sub", &[p, &one_c], vec![]);
+    let xp = b.op("Pow", &[x, &pm1], vec![]);
+    let d = b.mul(&xp, p);
+    let g = b.mul(dy, &d);
+    Ok(vec![(0, cx.unbroadcast(&g, &ys, &xs))])
+}
+
+/// Constant-mode Pad: the gradient is dy with the padding cut off again, and
+/// zeros where a negative pad cropped the input. The crop is undone with a
+/// positive Pad, not a Pad by negated amounts: tract rejects negative pads.
+fn pad(cx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Vec<(usize, String)>> {
+    let label = super::graph::node_label(node);
+    let mode = super::graph::attr_s(node, "mode").unwrap_or_else(|| "constant".into());
+    if mode != "constant" {
+        bail!("{label}: Pad mode '{mode}' is not supported (only constant)");
+    }
+    let x = node.input[0].as_str();
+    let xs = cx.shape(x, node)?;
+    let pads = pad_amounts(node, cx.facts, xs.len())?;
+    let mut g = dy.to_string();
+    if pads.iter().any(|&(b, e)| b < 0 || e < 0) {
+        let mut undo: Vec<i64> = pads.iter().map(|&(b, _)| (-b).max(0)).collect();
+        undo.extend(pads.iter().map(|&(_, e)| (-e).max(0)));
+        let undo = cx.b.ints(&undo);
+        g = cx.b.op("Pad", &[&g, &undo], vec![]);
+    }
+    let axes: Vec<usize> = (0..xs.len()).filter(|&a| pads[a].0 > 0 || pads[a].1 > 0).collect();
+    if axes.is_empty() {
+        return Ok(vec![(0, g)]);
+    }
+    let mut starts = vec![];
+    let mut ends = vec![];
+    for &a in &axes {
+        let d = xs[a].value().with_context(|| format!("{label}: Pad along the batch-sized axis is not supported"))?;
+        starts.push(pads[a].0.max(0));
+        ends.push(pads[a].0.max(0) + d);
+    }
+    let (s, e) = (cx.b.ints(&starts), cx.b.ints(&ends));
+    let a = cx.b.ints(&axes.iter().map(|&a| a as i64).collect::<Vec<_>>());
+    Ok(vec![(0, cx.b.op("Slice", &[&g, &s, &e, &a], vec![]))])
+}
+
+/// Slice: dy is put back where its elements came from. Per axis, a negative
+/// step is undone by reversing dy, a step k > 1 by interleaving k − 1 zeros
+/// after each element (Pad on a new axis, then Reshape); one Pad at the end
+/// restores the elements the slice skipped at either end.
+fn slice(cx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Vec<(usize, String)>> {
+    let x = node.input[0].as_str();
+    let xs = cx.shape(x, node)?;
+    let axes = slice_axes(node, cx.facts, &xs)?;
+    let rank = xs.len();
+    let mut pads = vec![0i64; 2 * rank];
+    let mut g = dy.to_string();
+    // dy's shape as the axes are spread back one by one.
+    let mut cur = cx.shape(&node.output[0], node)?;
+    for a in &axes {
+        let d = xs[a.axis].value().expect("slice_axes only keeps static axes");
+        if a.count == 0 {
+            return Ok(vec![(0, zeros_like(&mut cx.b, x))]);
+        }
+        let k = a.step.abs();
+        let lowest = if a.step > 0 { a.start } else { a.start + (a.count - 1) * a.step };
+        let ax = a.axis as i64;
+        if a.step < 0 {
+            // A Gather, not a Slice with step −1: tract fails to optimise a
+            // negative-stride Slice that follows a Reshape.
+            let rev: Vec<i64> = (0..a.count).rev().collect();
+            let rev = cx.b.ints(&rev);
+            g = cx.b.op("Gather", &[&g, &rev], vec![a_int("axis", ax)]);
+        }
+        if k > 1 {
+            let u = cx.b.unsqueeze(&g, &[ax + 1]);
+            let mut p = vec![0i64; 2 * (rank + 1)];
+            p[rank + 1 + a.axis + 1] = k - 1;
+            let p = cx.b.ints(&p);
+            let spread = cx.b.op("Pad", &[&u, &p], vec![]);
+            // Merges the new axis back: 0 copies the leading dims (the batch
+            // among them); after the axis at most one dim may be symbolic (-1).
+            let shape: Vec<i64> = (0..rank)
+                .map(|j| match j.cmp(&a.axis) {
+                    std::cmp::Ordering::Less => 0,
+                    std::cmp::Ordering::Equal => a.count * k,
+                    std::cmp::Ordering::Greater => cur[j].value().unwrap_or(-1),
+                })
+                .collect();
+            if shape.iter().filter(|&&v| v == -1).count() > 1 {
+                let label = super::graph::node_label(node);
+                bail!("{label}: a strided Slice before two batch-sized axes is not supported");
+            }
+            let target = cx.b.ints(&shape);
+            g = cx.b.op("Reshape", &[&spread, &target], vec![]);
+            let (s, e, axs) = (cx.b.ints(&[0]), cx.b.ints(&[(a.count - 1) * k + 1]), cx.b.ints(&[ax]));
+            g = cx.b.op("Slice", &[&g, &s, &e, &axs], vec![]);
+        }
+        cur[a.axis] = Dim::fixed((a.count - 1) * k + 1);
+        pads[a.axis] = lowest;
+        pads[a.axis + rank] = d - lowest - ((a.count - 1) * k + 1);
+    }
+    if pads.iter().any(|&p| p != 0) {
+        let p = cx.b.ints(&pads);
+        g = cx.b.op("Pad", &[&g, &p], vec![]);
+    }
+    Ok(vec![(0, g)])
+}
+
+/// Each operand's gradient is the einsum of dy with the other operands into
+/// that operand's subscripts; an index summed within one operand alone or
+/// repeated (a diagonal) would need a broadcast this rule does not write.
+fn einsum(cx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Vec<(usize, String)>> {
+    let label = super::graph::node_label(node);
+    let eq = Einsum::parse(node)?;
+    let mut out = vec![];
+    for i in 0..node.input.len() {
+        if !cx.needs(node, i) {
+            continue;
+        }
+        let spec = &eq.inputs[i];
+        let others: Vec<&String> = eq.inputs.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, s)| s).collect();
+        for c in spec.chars() {
+            if spec.matches(c).count() > 1 || !(eq.output.contains(c) || others.iter().any(|o| o.contains(c))) {
+                bail!("{label}: subscript '{c}' of operand {i} in {spec} is repeated or summed alone; not supported");
+            }
+        }
+        let mut terms = vec![eq.output.clone()];
+        terms.extend(others.iter().map(|s| s.to_string()));
+        let equation = format!("{}->{spec}", terms.join(","));
+        let mut inputs = vec![dy];
+        inputs.extend((0..node.input.len()).filter(|&j| j != i).map(|j| node.input[j].as_str()));
+        out.push((i, cx.b.op("Einsum", &inputs, vec![a_str("equation", &equation)])));
+    }
+    Ok(out)
 }

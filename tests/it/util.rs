@@ -51,6 +51,12 @@ macro_rules! tmp {
     };
 }
 
+/// A little-endian f16 file (stored reference gradients) as f32.
+pub fn read_f16(path: &std::path::Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    bytes.chunks_exact(2).map(|c| tract_onnx::prelude::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
+}
+
 /// Cosine similarity of two gradients, in f64.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();

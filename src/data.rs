@@ -143,8 +143,13 @@ impl ImageFolder {
     /// sorted order so sample ids stay meaningful.
     pub fn stratified_subset(&mut self, per_class: usize, seed: u64) {
         let mut kept = Vec::new();
-        for label in 0..self.classes.len() {
-            let mut idx: Vec<usize> = (0..self.samples.len()).filter(|&i| self.samples[i].label as usize == label).collect();
+        // The labels present, not 0..folders: in a subset of ImageNet the
+        // folders' labels are wnid indices (tiger cat is 282 in a 2-folder tree).
+        let mut labels: Vec<u16> = self.samples.iter().map(|s| s.label).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        for label in labels {
+            let mut idx: Vec<usize> = (0..self.samples.len()).filter(|&i| self.samples[i].label == label).collect();
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (label as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             idx.shuffle(&mut rng);
             idx.truncate(per_class);
@@ -611,6 +616,18 @@ pub fn resized_size(w: u32, h: u32, size: u32) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_class_keeps_every_present_label_of_a_subset() {
+        // Two wnid folders of an ImageNet subset carry labels 282 and 967, not 0 and 1.
+        let sample = |label: u16, i: u32| Sample { rel_path: format!("{label}/{i}.png"), label, cue: None, bytes: 1 };
+        let samples = (0..3).flat_map(|i| [sample(282, i), sample(967, i)]).collect();
+        let mut f = ImageFolder { root: PathBuf::new(), classes: vec!["n02123159".into(), "n07920052".into()], samples };
+        f.stratified_subset(2, 0);
+        let labels: Vec<u16> = f.samples.iter().map(|s| s.label).collect();
+        assert_eq!(labels.iter().filter(|&&l| l == 282).count(), 2, "{labels:?}");
+        assert_eq!(labels.iter().filter(|&&l| l == 967).count(), 2, "{labels:?}");
+    }
 
     #[test]
     fn resize_follows_torchvision() {

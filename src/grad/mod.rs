@@ -90,6 +90,23 @@ pub fn gradient_graph(model: &pb::ModelProto) -> Result<pb::ModelProto> {
     build(model).map(|(m, _)| m)
 }
 
+/// `model` with its image input's symbolic batch fixed to `batch`; None when
+/// the input declares its batch already.
+fn with_batch(model: &pb::ModelProto, batch: usize) -> Option<pb::ModelProto> {
+    use pb::tensor_shape_proto::dimension::Value;
+    let mut fixed = model.clone();
+    let graph = fixed.graph.as_mut()?;
+    let inits: HashSet<String> = graph.initializer.iter().map(|t| t.name.clone()).collect();
+    let input = graph.input.iter_mut().find(|i| !inits.contains(&i.name))?;
+    let Some(type_proto::Value::TensorType(t)) = input.r#type.as_mut()?.value.as_mut() else { return None };
+    let first = t.shape.as_mut()?.dim.first_mut()?;
+    if matches!(first.value, Some(Value::DimValue(v)) if v > 0) {
+        return None;
+    }
+    first.value = Some(Value::DimValue(batch as i64));
+    Some(fixed)
+}
+
 fn default_opset(model: &pb::ModelProto) -> Option<i64> {
     model.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version)
 }
@@ -382,7 +399,18 @@ impl GradModel {
 
     /// As [`GradModel::load`], for a model already in memory.
     pub fn from_proto(model: &pb::ModelProto, batch: usize) -> Result<GradModel> {
-        let (g, info) = build(model)?;
+        let (g, info) = match build(model) {
+            Ok(built) => built,
+            // Some exports index by the batch itself (torch.export writes ConvNeXt's
+            // and Swin's `as_strided` as a Gather over Range(0, batch, …)): such a
+            // value has no constant on a symbolic batch, so the graph is built
+            // again for the batch it will run, and the first error stands if that
+            // does not help either.
+            Err(symbolic) => match with_batch(model, batch) {
+                Some(fixed) => build(&fixed).map_err(|_| symbolic)?,
+                None => return Err(symbolic),
+            },
+        };
         if batch == 0 || info.fixed_batch.is_some_and(|b| b != batch) {
             bail!("batch {batch} requested but the model declares batch {:?}", info.fixed_batch);
         }

@@ -112,8 +112,6 @@ fn fail(failures: &mut Vec<String>, message: String) {
 /// passes, the test fails until the entry and the docs are removed, so
 /// neither outlives the gap.
 const KNOWN_GAPS: &[(&str, &str, &str)] = &[
-    ("convnext dynamo opset 18", "gradient", "the logits' shape is not inferred through the dynamo export's ops"),
-    ("swin-t dynamo opset 18", "gradient", "the logits' shape is not inferred through the dynamo export's ops"),
     ("vit-b16 int8", "int8", "tract's optimiser: typed but unoptimised, tract gives onnxruntime's top-1 on 16/16"),
     ("maxvit-t int8", "int8", "tract's optimiser: typed but unoptimised, tract gives onnxruntime's top-1 on 16/16"),
     ("swin-t int8", "int8", "tract's declutter refuses the QDQ file's Pad (\"Inconsistent pad: input of rank 1\")"),

@@ -18,6 +18,7 @@ mod grad_ops;
 mod grad_parity;
 mod html_report;
 mod int8_parity;
+mod lite0_real;
 mod mapping_parity;
 mod metrics_parity;
 mod pil_resize;

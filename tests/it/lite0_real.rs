@@ -49,8 +49,7 @@ fn real_lite0_measures_all_nine_dimensions_and_decides_as_onnxruntime() {
     let started = std::time::Instant::now();
     // One corrupted and one attacked image per class: the corruption
     // dimension needs all 75 cells, and a cell per class is what it costs.
-    // No --per-class: its subset keeps only labels below the folder count, so
-    // on a partial ImageNet tree it drops wnid folders (n02123159 is label 282).
+    // No --per-class: the trees are this small already.
     let out = Command::new(QUBA)
         .arg("eval")
         .arg("--model")

@@ -35,7 +35,7 @@ import torchvision
 from efficientnet_lite_pytorch import EfficientNet
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from grad_parity import cosine, load_images  # noqa: E402
+from grad_parity import cosine, parity_batch  # noqa: E402
 
 
 def make(name):
@@ -90,15 +90,8 @@ def parity(a):
     for path in a.models:
         stem = os.path.basename(path)[:-5]
         family = stem.split(".")[0]
-        meta = json.load(open(path[:-5] + ".json"))["pipeline"]
-        mean = np.array(meta["mean"], dtype=np.float32)[:, None, None]
-        std = np.array(meta["std"], dtype=np.float32)[:, None, None]
-        rng = np.random.default_rng(a.seed)
-        half = a.n // 2
-        imgs, labels = load_images(os.path.join(data, "val"), half, rng)
-        noise = rng.uniform(0, 1, size=(a.n - half,) + imgs.shape[1:]).astype(np.float32)
-        labels = np.concatenate([labels, rng.integers(0, 1000, a.n - half)]).astype(np.int64)
-        x = ((np.concatenate([imgs, noise]) - mean) / std).astype(np.float32)
+        pixels, labels, mean, std = parity_batch(path, os.path.join(data, "val"), a.n, a.seed, 1000)
+        x = ((pixels - mean) / std).astype(np.float32)
         t0 = time.time()
         gpath = os.path.join(tmp, stem + ".grad.onnx")
         r = subprocess.run([a.quba, "grad", "export", path, "--out", gpath], capture_output=True, text=True)

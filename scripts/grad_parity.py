@@ -40,6 +40,21 @@ def load_images(folder, n, rng):
     return np.stack(imgs), np.array([files[i][1] for i in pick], dtype=np.int64)
 
 
+def parity_batch(model_path, val_dir, n, seed, classes):
+    """n inputs for a gradient check: half synthetic val images, half uniform
+    noise with random labels among `classes`, as [0, 1] pixels, with the
+    model's sidecar mean and std to normalise them by."""
+    meta = json.load(open(model_path[: -len(".onnx")] + ".json"))["pipeline"]
+    mean = np.array(meta["mean"], dtype=np.float32)[:, None, None]
+    std = np.array(meta["std"], dtype=np.float32)[:, None, None]
+    rng = np.random.default_rng(seed)
+    half = n // 2
+    imgs, labels = load_images(val_dir, half, rng)
+    noise = rng.uniform(0, 1, size=(n - half,) + imgs.shape[1:]).astype(np.float32)
+    labels = np.concatenate([labels, rng.integers(0, classes, n - half)]).astype(np.int64)
+    return np.concatenate([imgs, noise]), labels, mean, std
+
+
 def cosine(a, b):
     a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-300)
@@ -68,15 +83,7 @@ def main():
     rows, fixture = [], []
     for path in sorted(glob.glob(args.models)):
         stem = os.path.basename(path)[: -len(".onnx")]
-        meta = json.load(open(path[: -len(".onnx")] + ".json"))["pipeline"]
-        mean = np.array(meta["mean"], dtype=np.float32)[:, None, None]
-        std = np.array(meta["std"], dtype=np.float32)[:, None, None]
-        rng = np.random.default_rng(args.seed)
-        half = args.n // 2
-        imgs, labels = load_images(os.path.join(data, "val"), half, rng)
-        noise = rng.uniform(0, 1, size=(args.n - half,) + imgs.shape[1:]).astype(np.float32)
-        pixels = np.concatenate([imgs, noise])
-        labels = np.concatenate([labels, rng.integers(0, 16, args.n - half)]).astype(np.int64)
+        pixels, labels, mean, std = parity_batch(path, os.path.join(data, "val"), args.n, args.seed, 16)
         # f16-representable inputs, so the committed f16 fixture is exactly what torch saw.
         x = ((pixels - mean) / std).astype(np.float16).astype(np.float32)
 
